@@ -1,0 +1,27 @@
+# Two entry points (see README): `make demo` runs the main job on embedded defaults,
+# `make test` runs the whole suite. Both create .venv first; re-running is a no-op install.
+PYTHON ?= python3
+VENV := .venv
+# Platform pins (CPU torch, torchvision, fastapi); set CONSTRAINTS= on a GPU machine.
+CONSTRAINTS ?= constraints/cpu.txt
+STAMP := $(VENV)/.installed
+OUT ?= ./outputs
+
+.PHONY: venv demo test clean
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/vstar produce catalogs/demo.yaml --out $(OUT)
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache
