@@ -1,0 +1,23 @@
+"""Per-process caches of loaded models: one load per worker process, reused by every task there."""
+
+from __future__ import annotations
+
+import threading
+
+from vstar_model.backbones import VideoModel, load_backbone
+
+_lock = threading.Lock()
+_backbones: dict[tuple, VideoModel] = {}
+
+
+def cached_backbone(preset: str, *, path: str | None, device: str | None, dtype: str | None) -> VideoModel:
+    """The backbone for (preset, path, device, dtype), loaded on first use in this process."""
+    key = (preset, path, device, dtype)
+    with _lock:  # tasks run in threads: two first uses must not load twice
+        if key not in _backbones:
+            _backbones[key] = load_backbone(preset, path=path, device=device, dtype=dtype)
+        return _backbones[key]
+
+
+def loaded_backbones() -> int:
+    return len(_backbones)

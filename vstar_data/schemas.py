@@ -1,0 +1,200 @@
+"""Explicit Parquet schemas of a run's tables, and validated atomic reads and writes.
+
+Every file carries ``vstar.run_id``, ``vstar.table`` and ``vstar.schema_version`` in its
+schema metadata. The types are plain Arrow types (strings, ints, floats, bools, list<string>,
+timestamp[us, UTC]) that pyarrow.dataset, pandas, DuckDB and Hugging Face datasets all read.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from numbers import Integral, Real
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vstar_data.storage import DEFAULT_RETRY, Retry, read_bytes, write_bytes_atomic
+
+SCHEMA_VERSION = "1"
+RUN_ID_KEY = b"vstar.run_id"
+TABLE_KEY = b"vstar.table"
+SCHEMA_VERSION_KEY = b"vstar.schema_version"
+
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+STATES = pa.list_(pa.string())
+
+
+def _schema(table: str, *fields: pa.Field) -> pa.Schema:
+    return pa.schema(fields, metadata={TABLE_KEY: table, SCHEMA_VERSION_KEY: SCHEMA_VERSION})
+
+
+def _required(name: str, type_: pa.DataType) -> pa.Field:
+    return pa.field(name, type_, nullable=False)
+
+
+def _optional(name: str, type_: pa.DataType) -> pa.Field:
+    return pa.field(name, type_, nullable=True)
+
+
+SYNOPSES_SCHEMA = _schema(
+    "synopses",
+    _required("run_id", pa.string()),
+    _required("catalog_id", pa.string()),
+    _required("prompt", pa.string()),
+    _required("states", STATES),
+    _required("source", pa.string()),  # "catalog" | "llm" | "fallback" | "none"
+    _optional("llm_model", pa.string()),
+    _optional("template_version", pa.string()),
+    _optional("synopsis_key", pa.string()),
+    _optional("error", pa.string()),
+    _optional("latency_seconds", pa.float64()),
+)
+
+SAMPLES_SCHEMA = _schema(
+    "samples",
+    _required("run_id", pa.string()),
+    _required("sample_key", pa.string()),
+    _required("catalog_id", pa.string()),
+    _required("prompt", pa.string()),
+    _required("states", STATES),
+    _required("synopsis_source", pa.string()),  # "catalog" | "llm" | "fallback" | "none"
+    _optional("negative_prompt", pa.string()),
+    _required("seed", pa.int64()),
+    _required("num_frames", pa.int32()),
+    _required("fps", pa.int32()),
+    _required("height", pa.int32()),
+    _required("width", pa.int32()),
+    _required("num_inference_steps", pa.int32()),
+    _required("guidance_scale", pa.float64()),
+    _required("model_preset", pa.string()),
+    _optional("model_revision", pa.string()),
+    _optional("tar", pa.string()),  # TAR spec string; null when TAR is off
+    _required("vsp", pa.bool_()),
+    _optional("video_uri", pa.string()),
+    _optional("strip_uri", pa.string()),
+    _optional("video_sha256", pa.string()),
+    _required("status", pa.string()),  # "ok" | "failed"
+    _optional("error", pa.string()),
+    _optional("generate_seconds", pa.float64()),
+    _optional("encode_seconds", pa.float64()),
+    _required("created_at", TIMESTAMP),
+    _optional("device", pa.string()),
+)
+
+METRICS_SCHEMA = _schema(
+    "metrics",
+    _required("run_id", pa.string()),
+    _required("sample_key", pa.string()),
+    _required("catalog_id", pa.string()),
+    _required("seed", pa.int64()),
+    _required("metric", pa.string()),  # e.g. "dreamsim_ensemble"
+    _required("k", pa.int32()),  # frame interval; -1 for whole-video rows
+    _required("name", pa.string()),  # "mean", "q05", ..., "coherence", "overall_score"
+    _required("value", pa.float64()),
+    _optional("reference", pa.string()),
+)
+
+RUNS_SCHEMA = _schema(
+    "runs",
+    _required("run_id", pa.string()),
+    _required("created_at", TIMESTAMP),
+    _optional("finished_at", TIMESTAMP),
+    _required("status", pa.string()),  # e.g. "running" | "ok" | "failed"
+    _required("catalog", pa.string()),
+    _required("num_samples", pa.int64()),
+    _required("num_failed", pa.int64()),
+    _required("parameters_json", pa.string()),
+    _optional("manifest_uri", pa.string()),
+)
+
+
+def rows_to_table(rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
+    """Build a table of ``schema`` from row dicts, checking every row.
+
+    A row may leave out nullable fields (they become null). Values are checked in Python
+    first because Arrow converts silently where it should not (1.5 into an int column,
+    ``"abc"`` into a list column, naive datetimes as UTC).
+
+    Raises:
+        ValueError: naming the row (0-based) and field of an unknown field, a missing or
+            null required field, or a value of the wrong type or range.
+    """
+    names = set(schema.names)
+    for index, row in enumerate(rows):
+        unknown = sorted(set(row) - names)
+        if unknown:
+            raise ValueError(f"row {index}: unknown field(s) {unknown}; schema has {schema.names}")
+        for field in schema:
+            value = row.get(field.name)
+            if value is None:
+                if not field.nullable:
+                    raise ValueError(f"row {index}: field {field.name!r} is required, got null")
+            elif not _matches(value, field.type):
+                raise ValueError(
+                    f"row {index}: field {field.name!r} expects {field.type}, "
+                    f"got {type(value).__name__} {value!r}"
+                )
+    columns = [pa.array([row.get(f.name) for row in rows], type=f.type) for f in schema]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _matches(value: Any, type_: pa.DataType) -> bool:
+    """Whether ``value`` is a Python value of the kind Arrow ``type_`` stores."""
+    if pa.types.is_string(type_):
+        return isinstance(value, str)
+    if pa.types.is_boolean(type_):
+        return _is_bool(value)
+    if pa.types.is_integer(type_):
+        bits = type_.bit_width
+        low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1))
+        if pa.types.is_unsigned_integer(type_):
+            low, high = 0, 2**bits
+        return isinstance(value, Integral) and not _is_bool(value) and low <= int(value) < high
+    if pa.types.is_floating(type_):
+        return isinstance(value, Real) and not _is_bool(value)
+    if pa.types.is_timestamp(type_):
+        return isinstance(value, datetime) and value.tzinfo is not None
+    if pa.types.is_list(type_):
+        return isinstance(value, (list, tuple)) and all(
+            _matches(item, type_.value_type) for item in value
+        )
+    raise TypeError(f"no value check for Arrow type {type_}")
+
+
+def _is_bool(value: Any) -> bool:
+    # numpy.bool_ is neither a bool nor an Integral; numpy integers and floats are
+    # Integral / Real and pass as numbers.
+    return isinstance(value, bool) or type(value).__name__ == "bool_"
+
+
+def write_table(
+    url: str,
+    rows: Sequence[Mapping[str, Any]],
+    schema: pa.Schema,
+    *,
+    run_id: str,
+    retry: Retry = DEFAULT_RETRY,
+) -> pa.Table:
+    """Validate ``rows`` against ``schema`` and write them as one Parquet file at ``url``,
+    atomically, with ``run_id`` in the schema metadata. Returns the table written."""
+    table = rows_to_table(rows, schema)
+    metadata = {**(schema.metadata or {}), RUN_ID_KEY: run_id.encode("utf-8")}
+    table = table.replace_schema_metadata(metadata)
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    write_bytes_atomic(url, buffer.getvalue(), retry=retry)
+    return table
+
+
+def read_table(url: str, *, retry: Retry = DEFAULT_RETRY) -> pa.Table:
+    """Read the Parquet file at ``url`` (metadata included)."""
+    return pq.read_table(io.BytesIO(read_bytes(url, retry=retry)))
+
+
+def table_run_id(table: pa.Table) -> str | None:
+    """The ``vstar.run_id`` stored in ``table``'s schema metadata, if any."""
+    value = (table.schema.metadata or {}).get(RUN_ID_KEY)
+    return value.decode("utf-8") if value is not None else None

@@ -1,0 +1,273 @@
+"""Backbone presets and loading from a local directory or the Hugging Face hub cache.
+
+A preset names where the weights live and the sampling defaults the model was trained for. Loading
+goes through each component's own ``from_pretrained`` (the same code path for the tiny built-in model
+and for real checkpoints); when weights cannot be found the error names the preset, every location
+tried, and the command that pre-downloads them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from vstar_model import _compat  # noqa: F401
+
+Family = Literal["unet3d", "animatediff"]
+
+
+@dataclass(frozen=True)
+class BackbonePreset:
+    name: str
+    family: Family
+    source: str  # hub repo id, or "builtin:tiny"
+    revision: str | None = None
+    height: int = 320
+    width: int = 512
+    num_frames: int = 16
+    fps: int = 8
+    num_inference_steps: int = 25
+    guidance_scale: float = 9.0
+    dtype: str = "float16"  # on GPU; CPU always runs float32
+    motion_adapter: str | None = None  # AnimateDiff only
+    max_frames: int | None = None  # hard limit of the architecture (positional embeddings)
+    components: tuple[str, ...] = field(default=("unet", "vae", "text_encoder", "tokenizer", "scheduler"))
+
+
+PRESETS: dict[str, BackbonePreset] = {
+    "tiny": BackbonePreset(
+        name="tiny",
+        family="unet3d",
+        source="builtin:tiny",
+        height=64,
+        width=64,
+        num_frames=16,
+        fps=8,
+        num_inference_steps=4,
+        guidance_scale=9.0,
+        dtype="float32",
+    ),
+    "modelscope": BackbonePreset(
+        name="modelscope",
+        family="unet3d",
+        source="ali-vilab/text-to-video-ms-1.7b",
+        height=256,
+        width=256,
+        num_frames=16,
+        fps=8,
+        guidance_scale=9.0,
+    ),
+    "zeroscope": BackbonePreset(
+        name="zeroscope",
+        family="unet3d",
+        source="cerspense/zeroscope_v2_576w",
+        height=320,
+        width=576,
+        num_frames=24,
+        fps=8,
+        guidance_scale=9.0,
+    ),
+    "animatediff": BackbonePreset(
+        name="animatediff",
+        family="animatediff",
+        source="stable-diffusion-v1-5/stable-diffusion-v1-5",
+        motion_adapter="guoyww/animatediff-motion-adapter-v1-5-2",
+        height=512,
+        width=512,
+        num_frames=16,
+        fps=8,
+        guidance_scale=7.5,
+        # The motion modules' sinusoidal positional embedding has 32 entries: longer clips would
+        # index past it. We refuse instead of extrapolating (paper Fig. 10: it fails past training).
+        max_frames=32,
+    ),
+}
+
+
+class BackboneNotFound(FileNotFoundError):
+    """Weights for a preset are neither in the given directory nor in the hub cache."""
+
+
+@dataclass
+class VideoModel:
+    """The loaded components of a text-to-video backbone, ready for :mod:`vstar_model.sampling`."""
+
+    preset: BackbonePreset
+    tokenizer: object
+    text_encoder: torch.nn.Module
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    scheduler: object
+    device: torch.device
+    dtype: torch.dtype
+    location: str
+    revision: str | None = None
+    # One generation at a time per loaded model: the scheduler state, TAR processors and per-frame
+    # hooks live on shared modules, and Prefect may run tasks of one process in threads.
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def family(self) -> Family:
+        return self.preset.family
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+
+def get_preset(name: str) -> BackbonePreset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown model preset {name!r}; known: {', '.join(sorted(PRESETS))}") from None
+
+
+def cache_root() -> Path:
+    """Where vstar keeps generated artefacts such as the tiny model (``VSTAR_CACHE_DIR``)."""
+    return Path(os.environ.get("VSTAR_CACHE_DIR") or Path.home() / ".cache" / "vstar")
+
+
+def tiny_model_path(seed: int = 0) -> Path:
+    """The tiny built-in model, built and saved in diffusers' layout on first use."""
+    from vstar_model.tiny import save_tiny_text_to_video
+
+    path = cache_root() / "models" / f"tiny-seed{seed}"
+    if not (path / "model_index.json").exists():
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+        save_tiny_text_to_video(tmp, seed=seed)
+        try:
+            tmp.rename(path)  # atomic: concurrent first uses never see a half-written model
+        except OSError:  # another process got there first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _resolve_hub(repo: str, revision: str | None, preset: BackbonePreset, tried: list[str]) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    patterns = ["*.json", "*.txt", "*.safetensors", "tokenizer/*", "*.model"]
+    try:
+        return Path(snapshot_download(repo, revision=revision, local_files_only=True, allow_patterns=patterns))
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        tried.append(f"hub cache ({os.environ.get('HF_HOME') or '~/.cache/huggingface'}) for {repo}")
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        raise _not_found(preset, tried)
+    try:
+        return Path(snapshot_download(repo, revision=revision, allow_patterns=patterns))
+    except Exception as exc:  # network, auth, missing repo: all end the same way for the user
+        tried.append(f"download of {repo} from the hub ({type(exc).__name__}: {str(exc)[:200]})")
+        raise _not_found(preset, tried) from None
+
+
+def _not_found(preset: BackbonePreset, tried: list[str]) -> BackboneNotFound:
+    repos = [preset.source] + ([preset.motion_adapter] if preset.motion_adapter else [])
+    howto = "; ".join(f"huggingface-cli download {r}" for r in repos)
+    return BackboneNotFound(
+        f"weights for model preset {preset.name!r} not found. Tried: {'; '.join(tried)}. "
+        f"Pre-download on a machine with network access ({howto}) and copy the hub cache here "
+        f"(HF_HOME), or pass the local directory with --model-path."
+    )
+
+
+def resolve_location(preset: BackbonePreset, path: str | Path | None = None) -> tuple[Path, Path | None]:
+    """Directory of the model (and of the motion adapter, for AnimateDiff)."""
+    tried: list[str] = []
+    if path is not None:
+        path = Path(path)
+        if (path / "model_index.json").exists() or (path / "unet").is_dir() or (path / "base").is_dir():
+            base = path / "base" if (path / "base").is_dir() else path
+            adapter = path / "motion_adapter" if (path / "motion_adapter").is_dir() else None
+            if preset.family == "animatediff" and adapter is None and preset.motion_adapter:
+                adapter = _resolve_hub(preset.motion_adapter, None, preset, tried)
+            return base, adapter
+        tried.append(f"local directory {path} (no model_index.json or unet/)")
+        raise _not_found(preset, tried)
+    if preset.source == "builtin:tiny":
+        return tiny_model_path(), None
+    base = _resolve_hub(preset.source, preset.revision, preset, tried)
+    adapter = _resolve_hub(preset.motion_adapter, None, preset, tried) if preset.motion_adapter else None
+    return base, adapter
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_backbone(
+    preset: str | BackbonePreset,
+    *,
+    path: str | Path | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+) -> VideoModel:
+    """Load a backbone's components with their own ``from_pretrained``.
+
+    ``dtype`` defaults to the preset's on GPU and float32 on CPU (half precision is slow or
+    unsupported for many CPU kernels).
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    torch_device = pick_device(device)
+    dtype_name = dtype or (preset.dtype if torch_device.type != "cpu" else "float32")
+    try:
+        torch_dtype = getattr(torch, dtype_name)
+        assert isinstance(torch_dtype, torch.dtype)
+    except (AttributeError, AssertionError):
+        raise ValueError(f"unknown dtype {dtype_name!r}; use float32, float16 or bfloat16") from None
+
+    base, adapter_dir = resolve_location(preset, path)
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(base / "tokenizer")
+        text_encoder = CLIPTextModel.from_pretrained(base / "text_encoder", torch_dtype=torch_dtype)
+        vae = AutoencoderKL.from_pretrained(base / "vae", torch_dtype=torch_dtype)
+        scheduler = DDIMScheduler.from_pretrained(base / "scheduler")
+        if preset.family == "unet3d":
+            from diffusers import UNet3DConditionModel
+
+            unet = UNet3DConditionModel.from_pretrained(base / "unet", torch_dtype=torch_dtype)
+        else:
+            from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+
+            if adapter_dir is None:
+                raise _not_found(preset, [f"motion adapter for {base}"])
+            unet2d = UNet2DConditionModel.from_pretrained(base / "unet", torch_dtype=torch_dtype)
+            adapter = MotionAdapter.from_pretrained(adapter_dir, torch_dtype=torch_dtype)
+            unet = UNetMotionModel.from_unet2d(unet2d, adapter).to(torch_dtype)
+    except (OSError, EnvironmentError) as exc:
+        raise BackboneNotFound(
+            f"model preset {preset.name!r}: incomplete weights in {base}: {exc}"
+        ) from None
+    for module in (text_encoder, vae, unet):
+        module.to(torch_device).eval().requires_grad_(False)
+    return VideoModel(
+        preset=preset,
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        unet=unet,
+        vae=vae,
+        scheduler=scheduler,
+        device=torch_device,
+        dtype=torch_dtype,
+        location=str(base),
+        revision=_revision_of(base) or preset.revision,
+    )
+
+
+def _revision_of(base: Path) -> str | None:
+    """The hub commit of a snapshot directory (``.../snapshots/<sha>``), if it is one."""
+    return base.name if base.parent.name == "snapshots" else None
+
+
+def with_overrides(preset: BackbonePreset, **overrides) -> BackbonePreset:
+    return replace(preset, **{k: v for k, v in overrides.items() if v is not None})
