@@ -1,0 +1,1 @@
+"""Thin Prefect tasks over vstar_model (the method) and vstar_data (storage)."""

@@ -21,3 +21,19 @@ def cached_backbone(preset: str, *, path: str | None, device: str | None, dtype:
 
 def loaded_backbones() -> int:
     return len(_backbones)
+
+
+_embedders: dict[tuple, object] = {}
+
+
+def cached_embedder(metric: str, *, fallback: str | None, cache_dir: str | None, device: str | None):
+    """The frame embedder for evaluation (DreamSim or an explicitly configured fallback), per process."""
+    from vstar_model.evaluation import build_embedder
+
+    key = (metric, fallback, cache_dir, device)
+    with _lock:
+        if key not in _embedders:
+            _embedders[key] = build_embedder(
+                metric, fallback=fallback, cache_dir=cache_dir, device=device or "cpu"
+            )
+        return _embedders[key]

@@ -9,6 +9,7 @@
       runs/_index/<run_id>.parquet                     (one row per run: the run index)
       cache/synopses/<key>.json                        (reused by later runs)
       cache/samples/<key>.json, <key>.mp4, <key>.png
+      cache/metrics/<sample key>__<metric>.json
 """
 
 from __future__ import annotations
@@ -135,6 +136,12 @@ class CachePaths:
 
     def strip(self, key: str) -> str:
         return join(self.output_root, "cache", "samples", f"{_check_key(key)}.png")
+
+    def metrics(self, sample_key: str, metric: str) -> str:
+        """Scores of one video under one metric (rows without run id, plus the N×N matrix)."""
+        if not re.fullmatch(r"[a-z0-9_]{1,64}", metric):
+            raise ValueError(f"metric name must be 1-64 of [a-z0-9_], got {metric!r}")
+        return join(self.output_root, "cache", "metrics", f"{_check_key(sample_key)}__{metric}.json")
 
 
 def _check_key(key: str) -> str:

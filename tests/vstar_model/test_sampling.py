@@ -12,20 +12,14 @@ def tiny(tiny_model_dir):
 
 
 def _config(frames=16, steps=3):
-    return SamplingConfig(
-        num_frames=frames, height=64, width=64, num_inference_steps=steps, guidance_scale=9.0
-    )
+    return SamplingConfig(num_frames=frames, height=64, width=64, num_inference_steps=steps, guidance_scale=9.0)
 
 
 @pytest.mark.parametrize("frames", [16, 48, 64])
 def test_one_pass_any_length(tiny, frames):
     calls = []
     video = generate_video(
-        tiny,
-        ["snow", "spring"],
-        _config(frames),
-        seed=0,
-        progress=lambda d, t: calls.append((d, t)),
+        tiny, ["snow", "spring"], _config(frames), seed=0, progress=lambda d, t: calls.append((d, t))
     )
     assert video.frames.shape == (frames, 64, 64, 3) and video.frames.dtype == torch.uint8
     assert calls == [(i, 3) for i in range(1, 4)]
@@ -43,9 +37,7 @@ def test_same_seed_same_video_other_seed_differs(tiny):
 def test_vsp_off_equals_plain_prompt_on_every_frame(tiny):
     """Per-frame conditioning with identical states is exactly the backbone's own repeat."""
     plain = generate_video(tiny, ["a red fox"], _config(), seed=1).frames
-    per_frame = generate_video(
-        tiny, ["a red fox", "a red fox", "a red fox"], _config(), seed=1
-    ).frames
+    per_frame = generate_video(tiny, ["a red fox", "a red fox", "a red fox"], _config(), seed=1).frames
     # The text encoder's batch differs (2 vs 4 texts), so float rounding may move a pixel by one level.
     assert (plain.int() - per_frame.int()).abs().max() <= 1
     other = generate_video(tiny, ["a blue whale"], _config(), seed=1).frames
@@ -69,12 +61,8 @@ def test_identical_states_through_frame_hooks_equal_the_backbones_repeat(tiny):
 
 def test_last_state_changes_late_frames_more_than_early_ones(tiny):
     frames = 32
-    base = generate_video(
-        tiny, ["winter forest", "summer forest"], _config(frames), seed=2
-    ).frames.float()
-    other = generate_video(
-        tiny, ["winter forest", "burning desert at night"], _config(frames), seed=2
-    ).frames.float()
+    base = generate_video(tiny, ["winter forest", "summer forest"], _config(frames), seed=2).frames.float()
+    other = generate_video(tiny, ["winter forest", "burning desert at night"], _config(frames), seed=2).frames.float()
     change = (base - other).abs().mean(dim=(1, 2, 3))
     early, late = change[: frames // 4].mean(), change[-frames // 4 :].mean()
     assert late > 2 * early, (early.item(), late.item())
@@ -118,9 +106,6 @@ def test_animatediff_refuses_clips_past_its_positional_embedding(tiny_animatedif
     with pytest.raises(ValueError, match="limit of 32"):
         generate_video(model, ["x"], SamplingConfig(num_frames=40, height=64, width=64), seed=0)
     video = generate_video(
-        model,
-        ["a", "b"],
-        SamplingConfig(num_frames=8, height=64, width=64, num_inference_steps=2),
-        seed=0,
+        model, ["a", "b"], SamplingConfig(num_frames=8, height=64, width=64, num_inference_steps=2), seed=0
     )
     assert video.frames.shape == (8, 64, 64, 3)

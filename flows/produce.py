@@ -1,0 +1,106 @@
+"""Flow ``produce-dataset``: catalog → synopses → videos → metrics → versioned run directory."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from prefect import flow, get_run_logger
+from prefect.futures import wait
+from pydantic import BaseModel, ConfigDict, Field
+
+from tasks.catalogs import read_catalog
+from tasks.evaluate import EvaluationSettings, check_evaluation, evaluate_sample
+from tasks.generate import generate_sample
+from tasks.jobs import ModelSettings, entry_frames, failure_reason, plan_jobs, sample_failure_row
+from tasks.limits import ensure_concurrency_limit
+from tasks.outputs import finish_run, publish_artifacts, write_plots, write_rows
+from tasks.synopsize import LLMSettings, synopsis_row, synopsize_entry
+from vstar_data.runs import RunPaths, new_run_id
+
+
+class ProduceParameters(BaseModel):
+    """Parameters of one production run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    catalog: str = Field(description="catalog file or URL (YAML, JSON, CSV or Parquet)")
+    output_root: str = Field("./outputs", description="local path or fsspec URL; runs go under runs/<run_id>/")
+    frames: int | None = Field(None, ge=1, description="frames per video (default: the model preset's)")
+    samples_per_prompt: int = Field(1, ge=1)
+    seed: int = Field(0, ge=0, description="first seed; an entry's samples use seed, seed+1, …")
+    tar: str = Field("64D1", description="TAR preset (64D1, 64D4, 64D1_32D8, off) or e.g. '64D2_32D8'")
+    vsp: bool = Field(True, description="condition each frame on the interpolated synopsis")
+    gpu_slots: int = Field(1, ge=1, description="videos generated at once (size it to the GPUs)")
+    model: ModelSettings = ModelSettings()
+    llm: LLMSettings = LLMSettings()
+    evaluation: EvaluationSettings = EvaluationSettings()
+
+
+@flow(name="produce-dataset")
+def produce_dataset(
+    catalog: str,
+    output_root: str = "./outputs",
+    frames: int | None = None,
+    samples_per_prompt: int = 1,
+    seed: int = 0,
+    tar: str = "64D1",
+    vsp: bool = True,
+    gpu_slots: int = 1,
+    model: ModelSettings = ModelSettings(),
+    llm: LLMSettings = LLMSettings(),
+    evaluation: EvaluationSettings = EvaluationSettings(),
+) -> str:
+    """Produce one versioned dataset run and return its directory URL.
+
+    Top-level parameters (not one nested model) so that deployments take
+    ``--param catalog=... --param frames=64``; they are validated as :class:`ProduceParameters`.
+    """
+    p = ProduceParameters(**{name: value for name, value in locals().items()})
+    logger = get_run_logger()
+    entries = read_catalog(p.catalog)  # a bad catalog stops the run before anything is written
+    metric = check_evaluation(p.evaluation)  # so do missing metric weights
+    run = RunPaths(p.output_root, new_run_id())
+    created_at = datetime.now(timezone.utc)
+    logger.info("run %s: %d catalog entries → %s", run.run_id, len(entries), run.run_dir)
+
+    llm_limit = ensure_concurrency_limit("vstar-llm", p.llm.concurrency)
+    gpu_limit = ensure_concurrency_limit("vstar-gpu", p.gpu_slots)
+    synopses = {
+        entry.id: synopsize_entry.submit(
+            entry, p.vsp, p.llm, entry_frames(entry, p.frames, p.model), p.output_root, llm_limit
+        )
+        for entry in entries
+    }
+    wait(list(synopses.values()))
+    synopsis_rows = [
+        future.result() if future.state.is_completed()
+        else synopsis_row(entry, [entry.prompt], "failed", llm=p.llm, key=None, error=failure_reason(future.state))
+        for entry, future in zip(entries, synopses.values())
+    ]
+    write_rows(run, "synopses", synopsis_rows)
+
+    jobs = plan_jobs(entries, synopsis_rows, p)
+    generated = [generate_sample.submit(job, run, gpu_limit) for job in jobs]
+    wait(generated)
+    samples = [
+        future.result() if future.state.is_completed() else sample_failure_row(job, run, future.state)
+        for job, future in zip(jobs, generated)
+    ]
+    write_rows(run, "samples", samples)
+
+    metrics, matrices = [], {}
+    if metric is not None:
+        ok = [sample for sample in samples if sample["status"] == "ok"]
+        for sample, future in zip(ok, [evaluate_sample.submit(s, p.evaluation, p.output_root) for s in ok]):
+            rows, matrix = future.result()
+            metrics.extend(rows)
+            matrices[f"{sample['catalog_id']} s{sample['seed']}"] = matrix
+    write_rows(run, "metrics", metrics)
+    write_plots(run, matrices, metric)
+    publish_artifacts(run, samples, metrics)
+
+    failed = sum(sample["status"] != "ok" for sample in samples)
+    counts = {"synopses": len(synopsis_rows), "samples": len(samples), "metrics": len(metrics)}
+    finish_run(run, p.model_dump(mode="json"), counts, created_at, p.catalog, failed)
+    logger.info("run %s finished: %d videos, %d failed", run.run_id, len(samples), failed)
+    return run.run_dir

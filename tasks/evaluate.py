@@ -1,0 +1,93 @@
+"""Score generated videos: inter-frame similarity matrices, interval distributions, plots."""
+
+from __future__ import annotations
+
+import json
+
+from prefect import get_run_logger, task
+from pydantic import BaseModel, ConfigDict
+
+from tasks.models import cached_embedder
+from vstar_data.runs import CachePaths
+from vstar_data.storage import exists, read_bytes, write_bytes_atomic
+
+
+class EvaluationSettings(BaseModel):
+    """Which similarity metric scores the videos.
+
+    ``metric`` is ``dreamsim_<type>`` (default ``dreamsim_ensemble``), ``pixel_cosine`` or ``none``.
+    With DreamSim weights missing the run stops before any work, unless ``fallback`` names a metric
+    to use instead; every metrics row records the metric that really produced it.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str = "dreamsim_ensemble"
+    fallback: str | None = None
+    cache_dir: str | None = None
+    device: str | None = None
+
+
+def check_evaluation(settings: EvaluationSettings) -> str | None:
+    """Build the embedder once up front (fails fast on missing weights); the metric it measures."""
+    if settings.metric == "none":
+        return None
+    return cached_embedder(
+        settings.metric, fallback=settings.fallback, cache_dir=settings.cache_dir, device=settings.device
+    ).metric
+
+
+def score_video(video_uri: str, settings: EvaluationSettings) -> tuple[str, "torch.Tensor"]:  # noqa: F821
+    """(metric name, N×N similarity matrix) of one video file."""
+    from vstar_model.evaluation import similarity_matrix
+    from vstar_model.video_io import read_video_frames
+
+    embedder = cached_embedder(
+        settings.metric, fallback=settings.fallback, cache_dir=settings.cache_dir, device=settings.device
+    )
+    return embedder.metric, similarity_matrix(embedder.embed(read_video_frames(video_uri)))
+
+
+def metric_rows(sample: dict, metric: str, matrix) -> list[dict]:
+    """metrics.parquet rows of one video: per-k summaries, then coherence and dynamics slope (k = −1)."""
+    from vstar_model.evaluation import coherence, dynamics_slope, interval_summary
+
+    base = {
+        "run_id": sample["run_id"],
+        "sample_key": sample["sample_key"],
+        "catalog_id": sample["catalog_id"],
+        "seed": sample["seed"],
+        "metric": metric,
+    }
+    rows = [
+        {**base, "k": int(summary["k"]), "name": name, "value": float(summary[name])}
+        for summary in interval_summary(matrix)
+        for name in ("mean", "std", "q05", "q25", "q50", "q75", "q95")
+    ]
+    rows.append({**base, "k": -1, "name": "coherence", "value": coherence(matrix)})
+    rows.append({**base, "k": -1, "name": "dynamics_slope", "value": dynamics_slope(matrix)})
+    return rows
+
+
+def scored_sample(sample: dict, settings: EvaluationSettings, output_root: str) -> tuple[list[dict], list]:
+    """Metrics rows and similarity matrix of one video, reused when this video was scored before."""
+    metric = check_evaluation(settings)
+    cached = CachePaths(output_root).metrics(sample["sample_key"], metric)
+    if exists(cached):
+        scored = json.loads(read_bytes(cached))
+        rows = [{**row, "run_id": sample["run_id"]} for row in scored["rows"]]
+        return rows, scored["matrix"]
+    metric, matrix = score_video(sample["video_uri"], settings)
+    rows = metric_rows(sample, metric, matrix)
+    write_bytes_atomic(cached, json.dumps({"rows": rows, "matrix": matrix.tolist()}).encode())
+    return rows, matrix.tolist()
+
+
+@task(task_run_name="evaluate-{sample[catalog_id]}-s{sample[seed]}", retries=1, retry_delay_seconds=2)
+def evaluate_sample(sample: dict, settings: EvaluationSettings, output_root: str) -> tuple[list[dict], list]:
+    """Thin Prefect task: metrics rows and the similarity matrix (as lists, for plotting)."""
+    rows, matrix = scored_sample(sample, settings, output_root)
+    get_run_logger().info(
+        "%s seed %d: %s coherence %.3f", sample["catalog_id"], sample["seed"], rows[-2]["metric"], rows[-2]["value"]
+    )
+    return rows, matrix

@@ -1,0 +1,82 @@
+"""Expand a catalog and its synopses into one generation job per (entry, seed)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from tasks.generate import SampleJob, sample_row
+from vstar_data.catalog import CatalogEntry
+from vstar_data.runs import RunPaths
+from vstar_model.backbones import get_preset
+
+
+class ModelSettings(BaseModel):
+    """The backbone and its sampling settings; unset values take the preset's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: str = "tiny"
+    path: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    height: int | None = None
+    width: int | None = None
+    steps: int | None = None
+    guidance_scale: float | None = None
+    eta: float = 1.0
+    fps: int | None = None
+    negative_prompt: str = ""
+
+
+def entry_frames(entry: CatalogEntry, frames: int | None, model: ModelSettings) -> int:
+    return entry.frames or frames or get_preset(entry.model or model.preset).num_frames
+
+
+def plan_jobs(entries: list[CatalogEntry], synopses: list[dict], parameters) -> list[SampleJob]:
+    """One job per catalog entry and seed, skipping entries whose synopsis failed."""
+    jobs = []
+    states_of = {row["catalog_id"]: row for row in synopses}
+    for entry in entries:
+        synopsis = states_of[entry.id]
+        if synopsis["source"] == "failed":
+            continue
+        model = parameters.model
+        preset = get_preset(entry.model or model.preset)
+        for seed in entry.resolve_seeds(default_num_samples=parameters.samples_per_prompt, base_seed=parameters.seed):
+            jobs.append(
+                SampleJob(
+                    entry_id=entry.id,
+                    prompt=entry.prompt,
+                    states=synopsis["states"],
+                    synopsis_source=synopsis["source"],
+                    seed=seed,
+                    model=preset.name,
+                    model_path=model.path,
+                    device=model.device,
+                    dtype=model.dtype,
+                    num_frames=entry_frames(entry, parameters.frames, model),
+                    height=model.height or preset.height,
+                    width=model.width or preset.width,
+                    num_inference_steps=model.steps or preset.num_inference_steps,
+                    guidance_scale=model.guidance_scale or preset.guidance_scale,
+                    eta=model.eta,
+                    negative_prompt=entry.negative_prompt or model.negative_prompt,
+                    fps=model.fps or preset.fps,
+                    tar=entry.tar or parameters.tar,
+                    vsp=parameters.vsp,
+                )
+            )
+    return jobs
+
+
+def failure_reason(state) -> str:
+    """A one-line reason from a failed Prefect state."""
+    try:
+        state.result()
+    except Exception as error:  # the state re-raises what the task raised
+        return f"{type(error).__name__}: {error}"
+    return state.message or state.name
+
+
+def sample_failure_row(job: SampleJob, run: RunPaths, state) -> dict:
+    return sample_row(job, run, job.key(), None, error=failure_reason(state))

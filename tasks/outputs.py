@@ -1,0 +1,99 @@
+"""Write a run's tables, plots, manifest and index entry, and attach Prefect artifacts."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import numpy as np
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from vstar_data.manifest import append_run_index, build_manifest, write_manifest
+from vstar_data.runs import RunPaths
+from vstar_data.schemas import METRICS_SCHEMA, SAMPLES_SCHEMA, SYNOPSES_SCHEMA, write_table
+from vstar_data.storage import join, write_bytes_atomic
+
+_TABLES = {"synopses": SYNOPSES_SCHEMA, "samples": SAMPLES_SCHEMA, "metrics": METRICS_SCHEMA}
+
+
+@task(task_run_name="write-{name}", retries=2, retry_delay_seconds=[1, 5])
+def write_rows(run: RunPaths, name: str, rows: list[dict]) -> str:
+    url = getattr(run, name)
+    write_table(url, [{**row, "run_id": run.run_id} for row in rows], _TABLES[name], run_id=run.run_id)
+    return url
+
+
+@task(task_run_name="write-plots", retries=2, retry_delay_seconds=[1, 5])
+def write_plots(run: RunPaths, matrices: dict[str, list[list[float]]], metric: str | None) -> list[str]:
+    """Similarity heatmaps (per video and mean, one colour scale) and the interval distributions."""
+    from vstar_model.evaluation import interval_similarities
+    import torch
+
+    from vstar_model.plots import interval_distribution_png, similarity_heatmaps_png
+
+    if not matrices:
+        return []
+    arrays = {name: np.asarray(m) for name, m in matrices.items()}
+    written = []
+    heatmaps = join(run.plots_dir, "similarity_matrices.png")
+    write_bytes_atomic(heatmaps, similarity_heatmaps_png(arrays, title=f"inter-frame similarity ({metric})"))
+    written.append(heatmaps)
+    by_length: dict[int, dict[int, list]] = {}
+    for matrix in arrays.values():
+        for k, values in interval_similarities(torch.from_numpy(matrix)).items():
+            by_length.setdefault(matrix.shape[0], {}).setdefault(k, []).extend(values.tolist())
+    methods = {f"generated, {n} frames": {k: np.asarray(v) for k, v in ks.items()} for n, ks in by_length.items()}
+    intervals = join(run.plots_dir, "interval_similarity.png")
+    write_bytes_atomic(intervals, interval_distribution_png(methods, title=f"similarity vs interval k ({metric})"))
+    written.append(intervals)
+    return written
+
+
+@task(task_run_name="write-manifest", retries=2, retry_delay_seconds=[1, 5])
+def finish_run(run: RunPaths, parameters: dict, row_counts: dict[str, int], created_at: datetime,
+               catalog: str, num_failed: int) -> str:
+    """Manifest last (it lists every file written before it), then the run's index entry."""
+    finished = datetime.now(timezone.utc)
+    manifest = build_manifest(run.run_dir, run.run_id, parameters=parameters, row_counts=row_counts,
+                              created_at=created_at, finished_at=finished)
+    url = write_manifest(run.run_dir, manifest)
+    append_run_index(run.output_root, {
+        "run_id": run.run_id,
+        "created_at": created_at,
+        "finished_at": finished,
+        "status": "ok" if num_failed == 0 else "partial",
+        "catalog": catalog,
+        "num_samples": row_counts["samples"],
+        "num_failed": num_failed,
+        "parameters_json": json.dumps(parameters, sort_keys=True),
+        "manifest_uri": url,
+    })
+    return url
+
+
+@task(task_run_name="publish-artifacts")
+def publish_artifacts(run: RunPaths, samples: list[dict], metrics: list[dict]) -> None:
+    """A table of samples with their metric summary and a markdown summary of the run."""
+    summary = {(m["sample_key"], m["name"]): m["value"] for m in metrics if m["k"] == -1}
+    table = [
+        {
+            "catalog_id": s["catalog_id"],
+            "seed": s["seed"],
+            "status": s["status"],
+            "states": len(s["states"]),
+            "coherence": round(summary.get((s["sample_key"], "coherence"), float("nan")), 4),
+            "dynamics_slope": round(summary.get((s["sample_key"], "dynamics_slope"), float("nan")), 5),
+            "video": s.get("video_uri") or s.get("error"),
+        }
+        for s in samples
+    ]
+    # Artifact keys allow lowercase letters, digits and dashes: a lowercased run id is just that.
+    create_table_artifact(table, key=f"vstar-run-{run.run_id.lower()}", description=f"samples of run {run.run_id}")
+    failed = sum(s["status"] != "ok" for s in samples)
+    metric = metrics[0]["metric"] if metrics else "none"
+    create_markdown_artifact(
+        f"# vstar run `{run.run_id}`\n\n- run directory: `{run.run_dir}`\n- videos: {len(samples) - failed} ok,"
+        f" {failed} failed\n- metric: `{metric}`\n",
+        description=f"summary of run {run.run_id}",
+    )

@@ -1,0 +1,163 @@
+"""The produce-dataset flow end to end on the tiny model, through Prefect's real engine."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import textwrap
+
+import duckdb
+import fsspec
+import pyarrow.dataset as ds
+import pytest
+
+from flows.produce import ProduceParameters, produce_dataset
+from tasks.evaluate import EvaluationSettings
+from tasks.jobs import ModelSettings
+from vstar_data.catalog import CatalogError
+from vstar_data.manifest import list_runs, verify_manifest
+from vstar_data.schemas import SAMPLES_SCHEMA, read_table, table_run_id
+from vstar_data.storage import list_files, read_bytes
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+CATALOG = """\
+- id: snow-to-spring
+  prompt: a meadow from winter to spring
+  synopsis: [a snowy meadow, a green meadow with flowers]
+- id: day-to-night
+  prompt: a street from day to night
+  synopsis: [a sunny street, a street at dusk, a street at night]
+  seeds: [3, 11]
+"""
+
+
+@pytest.fixture
+def catalog(tmp_path):
+    path = tmp_path / "catalog.yaml"
+    path.write_text(CATALOG)
+    return str(path)
+
+
+def _run(catalog, root, tiny_model_dir, **overrides):
+    params = dict(
+        catalog=catalog,
+        output_root=root,
+        frames=8,
+        tar="64D1",
+        model=ModelSettings(path=str(tiny_model_dir), steps=2),
+        evaluation=EvaluationSettings(metric="pixel_cosine"),
+    )
+    params.update(overrides)
+    return produce_dataset(**params)
+
+
+def test_flow_signature_matches_the_parameter_model():
+    """Deployments take top-level --param values; they must mean what ProduceParameters says."""
+    signature = inspect.signature(produce_dataset.fn).parameters
+    assert list(signature) == list(ProduceParameters.model_fields)
+    for name, field in ProduceParameters.model_fields.items():
+        if not field.is_required():
+            assert signature[name].default == field.default, name
+
+
+def test_run_into_memory_writes_a_complete_versioned_run(catalog, tiny_model_dir):
+    run_dir = _run(catalog, "memory://vstar-e2e", tiny_model_dir)
+    run_id = run_dir.rsplit("/", 1)[-1]
+    files = list_files(run_dir)
+    assert {"synopses.parquet", "samples.parquet", "metrics.parquet", "manifest.json"} <= set(files)
+    videos = sorted(f for f in files if f.startswith("videos/"))
+    assert videos == [
+        "videos/day-to-night__s11.mp4", "videos/day-to-night__s11.png",
+        "videos/day-to-night__s3.mp4", "videos/day-to-night__s3.png",
+        "videos/snow-to-spring__s0.mp4", "videos/snow-to-spring__s0.png",
+    ]
+    assert any(f.startswith("plots/") and f.endswith(".png") for f in files)
+
+    samples = read_table(f"{run_dir}/samples.parquet")
+    assert samples.schema.remove_metadata() == SAMPLES_SCHEMA.remove_metadata()
+    assert table_run_id(samples) == run_id
+    rows = samples.to_pylist()
+    assert len(rows) == 3 and {r["status"] for r in rows} == {"ok"}
+    day = next(r for r in rows if r["catalog_id"] == "day-to-night")
+    assert day["states"] == ["a sunny street", "a street at dusk", "a street at night"]
+    assert (day["num_frames"], day["height"], day["width"], day["tar"]) == (8, 64, 64, "64D1")
+
+    synopses = read_table(f"{run_dir}/synopses.parquet").to_pylist()
+    assert [s["source"] for s in synopses] == ["catalog", "catalog"]
+    metrics = read_table(f"{run_dir}/metrics.parquet").to_pylist()
+    assert {m["metric"] for m in metrics} == {"pixel_cosine"}
+    # 7 summaries for each k = 1..7, plus coherence and slope, per video
+    assert len(metrics) == 3 * (7 * 7 + 2)
+
+    manifest = json.loads(read_bytes(f"{run_dir}/manifest.json"))
+    assert manifest["run_id"] == run_id
+    assert manifest["row_counts"] == {"synopses": 2, "samples": 3, "metrics": len(metrics)}
+    assert verify_manifest(run_dir) == []
+    index = list_runs("memory://vstar-e2e").to_pylist()
+    assert [r["run_id"] for r in index] == [run_id] and index[0]["status"] == "ok"
+
+
+def test_local_run_is_readable_by_dataset_readers_and_resumes_without_regenerating(
+    catalog, tiny_model_dir, tmp_path, monkeypatch
+):
+    root = str(tmp_path / "out")
+    first = _run(catalog, root, tiny_model_dir)
+    table = ds.dataset(f"{first}/samples.parquet").to_table()
+    assert table.num_rows == 3
+    assert duckdb.sql(f"select count(*) from read_parquet('{first}/metrics.parquet')").fetchall()[0][0] > 0
+    import pandas
+
+    assert len(pandas.read_parquet(f"{first}/synopses.parquet")) == 2
+
+    def must_not_generate(*args, **kwargs):
+        raise AssertionError("an unchanged catalog must reuse every finished video")
+
+    monkeypatch.setattr("tasks.generate.generate_video", must_not_generate)
+    monkeypatch.setattr("tasks.evaluate.score_video", must_not_generate)
+    second = _run(catalog, root, tiny_model_dir)
+    assert second != first
+    hashes = [
+        {(r["catalog_id"], r["seed"]): r["video_sha256"] for r in read_table(f"{run}/samples.parquet").to_pylist()}
+        for run in (first, second)
+    ]
+    assert hashes[0] == hashes[1]
+    assert len(list_runs(root)) == 2
+    assert verify_manifest(second) == []
+
+
+def test_a_failing_video_is_recorded_and_others_complete(catalog, tiny_model_dir, monkeypatch):
+    from tasks import generate
+
+    real = generate.generate_video
+
+    def flaky(model, states, config, *, seed, **kwargs):
+        if seed == 11:
+            raise RuntimeError("CUDA out of memory (injected)")
+        return real(model, states, config, seed=seed, **kwargs)
+
+    monkeypatch.setattr("tasks.generate.generate_video", flaky)
+    run_dir = _run(catalog, "memory://vstar-failing", tiny_model_dir)
+    rows = {(r["catalog_id"], r["seed"]): r for r in read_table(f"{run_dir}/samples.parquet").to_pylist()}
+    assert rows[("day-to-night", 11)]["status"] == "failed"
+    assert "out of memory" in rows[("day-to-night", 11)]["error"]
+    assert rows[("day-to-night", 11)]["video_uri"] is None
+    assert {rows[k]["status"] for k in rows if k != ("day-to-night", 11)} == {"ok"}
+    assert list_runs("memory://vstar-failing").to_pylist()[0]["num_failed"] == 1
+    assert verify_manifest(run_dir) == []
+
+
+def test_bad_catalog_stops_before_anything_is_written(tmp_path, tiny_model_dir):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(textwrap.dedent("""\
+        - id: ok-entry
+          prompt: fine
+        - id: ../escape
+          prompt: ""
+        """))
+    root = tmp_path / "never"
+    with pytest.raises(CatalogError, match="bad.yaml"):
+        _run(str(bad), str(root), tiny_model_dir)
+    assert not root.exists()
+    fs = fsspec.filesystem("memory")
+    assert not fs.exists("/never")
