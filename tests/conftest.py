@@ -52,3 +52,14 @@ def tiny_animatediff_dir(tmp_path_factory) -> Path:
     from vstar_model.tiny import save_tiny_animatediff
 
     return save_tiny_animatediff(tmp_path_factory.mktemp("tiny-animatediff"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def random_dreamsim_cache(tmp_path_factory) -> Path:
+    """DreamSim's open_clip_vitb32 cache with random weights: the package's real code runs offline."""
+    from vstar_model.dreamsim_weights import missing_files, save_random_dreamsim_cache, uses_random_weights
+
+    cache = tmp_path_factory.getbasetemp() / "random-dreamsim-open_clip_vitb32"
+    if not (uses_random_weights(cache) and not missing_files(cache, "open_clip_vitb32")):
+        save_random_dreamsim_cache(cache, "open_clip_vitb32", seed=0)
+    return cache
