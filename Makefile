@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/vstar produce catalogs/demo.yaml --out $(OUT)
+	$(VENV)/bin/vstar produce catalogs/demo.yaml --out $(OUT) --fallback-metric pixel_cosine
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest

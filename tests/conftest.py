@@ -63,3 +63,13 @@ def random_dreamsim_cache(tmp_path_factory) -> Path:
     if not (uses_random_weights(cache) and not missing_files(cache, "open_clip_vitb32")):
         save_random_dreamsim_cache(cache, "open_clip_vitb32", seed=0)
     return cache
+
+
+@pytest.fixture
+def llm_server(monkeypatch):
+    """A fresh scripted OpenAI-compatible server on 127.0.0.1, with a fake key in OPENAI_API_KEY."""
+    from tests.llm_server import TEST_API_KEY, FakeLLMServer
+
+    monkeypatch.setenv("OPENAI_API_KEY", TEST_API_KEY)
+    with FakeLLMServer() as server:
+        yield server
