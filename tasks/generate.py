@@ -110,12 +110,10 @@ def produce_sample(job: SampleJob, run: RunPaths, progress=None) -> tuple[dict, 
         video, strip = read_bytes(cache.video(key)), read_bytes(cache.strip(key))
         reused = True
     else:
-        from vstar_model.tar import parse_tar
-
         model = cached_backbone(job.model, path=job.model_path, device=job.device, dtype=job.dtype)
         states = job.states if job.vsp else job.states[:1]
         generated = generate_video(
-            model, states, job.sampling(), seed=job.seed, tar=parse_tar(job.tar), progress=progress
+            model, states, job.sampling(), seed=job.seed, tar=job.tar, progress=progress
         )
         start = time.perf_counter()
         video = encode_mp4(generated.frames, fps=job.fps)

@@ -17,6 +17,7 @@ import torch
 from vstar_model.backbones import VideoModel
 from vstar_model.embeddings import interpolate_embeddings
 from vstar_model.frame_conditioning import frame_batch, per_frame_text
+from vstar_model.tar import apply_tar
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -91,12 +92,6 @@ def decode_latents(model: VideoModel, latents: torch.Tensor, chunk_size: int) ->
     return torch.cat(out)
 
 
-def _tar_context(model: VideoModel, tar):
-    from vstar_model.tar import apply_tar
-
-    return apply_tar(model.unet, tar)
-
-
 @torch.no_grad()
 def generate_video(
     model: VideoModel,
@@ -112,7 +107,8 @@ def generate_video(
     Args:
         states: the visual states of the video synopsis (VSP), first at frame 0 and last at frame
             N−1; a single state is the plain prompt on every frame (VSP off).
-        tar: a ``vstar_model.tar.TARConfig`` (or None for the backbone's own temporal attention).
+        tar: a TAR setting for :func:`vstar_model.tar.apply_tar` (a ``TARConfig``, a preset such as
+            ``"64D1"``, a {level: σ} mapping), or None/"off" for the backbone's own attention.
         progress: called with (steps done, total steps) after every denoising step.
     """
     if not states:
@@ -146,7 +142,7 @@ def generate_video(
 
         start = time.perf_counter()
         with ExitStack() as stack:
-            tar_handle = stack.enter_context(_tar_context(model, tar)) if tar is not None else None
+            tar_handle = stack.enter_context(apply_tar(model.unet, tar))
             if model.family == "animatediff":
                 encoder_hidden_states = frame_batch(uncond, cond_frames)
             else:
@@ -155,8 +151,7 @@ def generate_video(
                     stack.enter_context(per_frame_text(model.unet, frame_batch(uncond, cond_frames)))
             total = len(scheduler.timesteps)
             for step, t in enumerate(scheduler.timesteps):
-                if tar_handle is not None:
-                    tar_handle.set_step(step, total)
+                tar_handle.set_step(step, total)
                 latent_input = scheduler.scale_model_input(torch.cat([latents, latents]), t)
                 noise = model.unet(
                     latent_input.to(model.dtype), t, encoder_hidden_states=encoder_hidden_states

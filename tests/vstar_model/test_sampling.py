@@ -27,9 +27,9 @@ def test_one_pass_any_length(tiny, frames):
 
 
 def test_same_seed_same_video_other_seed_differs(tiny):
-    a = generate_video(tiny, ["a", "b"], _config(), seed=5).frames
-    b = generate_video(tiny, ["a", "b"], _config(), seed=5).frames
-    c = generate_video(tiny, ["a", "b"], _config(), seed=6).frames
+    a = generate_video(tiny, ["a", "b"], _config(8), seed=5).frames
+    b = generate_video(tiny, ["a", "b"], _config(8), seed=5).frames
+    c = generate_video(tiny, ["a", "b"], _config(8), seed=6).frames
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
 
@@ -109,3 +109,27 @@ def test_animatediff_refuses_clips_past_its_positional_embedding(tiny_animatedif
         model, ["a", "b"], SamplingConfig(num_frames=8, height=64, width=64, num_inference_steps=2), seed=0
     )
     assert video.frames.shape == (8, 64, 64, 3)
+
+
+def test_tar_is_applied_in_the_step_window_only(tiny, monkeypatch):
+    import vstar_model.tar as tar_module
+
+    calls = []
+    real = tar_module.tar_attention
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tar_module, "tar_attention", counting)
+    config = tar_module.TARConfig(sigmas={64: 1.0}, active_steps=2)
+    with_tar = generate_video(tiny, ["a", "b"], _config(8, steps=4), seed=0, tar=config).frames
+    layers_at_64 = sum(level == 64 for level in tar_module.temporal_attention_levels(tiny.unet).values())
+    assert len(calls) == 2 * layers_at_64  # two of four steps, every level-64 temporal layer
+    calls.clear()
+    without = generate_video(tiny, ["a", "b"], _config(8, steps=4), seed=0, tar=None).frames
+    assert calls == []
+    assert not torch.equal(with_tar, without)
+    assert tiny.unet.attn_processors.keys() and not any(
+        isinstance(p, tar_module.TARAttnProcessor) for p in tiny.unet.attn_processors.values()
+    )
