@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timezone
 
 from prefect import get_run_logger, task
@@ -97,10 +99,13 @@ def sample_row(job: SampleJob, run: RunPaths, key: str, record: dict | None, err
     }
 
 
-def produce_sample(job: SampleJob, run: RunPaths, progress=None) -> tuple[dict, bool]:
+def produce_sample(
+    job: SampleJob, run: RunPaths, progress=None, gpu_slot: Callable[[], AbstractContextManager] = nullcontext
+) -> tuple[dict, bool]:
     """Generate (or reuse) the video of ``job`` and place it in the run directory.
 
-    Returns the samples row and whether a finished video was reused.
+    ``gpu_slot`` is entered around model loading and generation only: reusing a finished video
+    needs no GPU. Returns the samples row and whether a finished video was reused.
     """
 
     cache = CachePaths(run.output_root)
@@ -110,11 +115,10 @@ def produce_sample(job: SampleJob, run: RunPaths, progress=None) -> tuple[dict, 
         video, strip = read_bytes(cache.video(key)), read_bytes(cache.strip(key))
         reused = True
     else:
-        model = cached_backbone(job.model, path=job.model_path, device=job.device, dtype=job.dtype)
         states = job.states if job.vsp else job.states[:1]
-        generated = generate_video(
-            model, states, job.sampling(), seed=job.seed, tar=job.tar, progress=progress
-        )
+        with gpu_slot():
+            model = cached_backbone(job.model, path=job.model_path, device=job.device, dtype=job.dtype)
+            generated = generate_video(model, states, job.sampling(), seed=job.seed, tar=job.tar, progress=progress)
         start = time.perf_counter()
         video = encode_mp4(generated.frames, fps=job.fps)
         strip = frame_strip(generated.frames)
@@ -153,10 +157,9 @@ def generate_sample(job: SampleJob, run: RunPaths, concurrency_limit: str | None
         if done == total or done % max(1, total // 4) == 0:
             logger.info("%s seed %d: step %d/%d", job.entry_id, job.seed, done, total)
 
-    if concurrency_limit:
-        with concurrency(concurrency_limit, occupy=1, strict=True):
-            row, reused = produce_sample(job, run, progress)
-    else:
-        row, reused = produce_sample(job, run, progress)
+    def gpu_slot():
+        return concurrency(concurrency_limit, occupy=1, strict=True) if concurrency_limit else nullcontext()
+
+    row, reused = produce_sample(job, run, progress, gpu_slot)
     logger.info("%s seed %d: %s", job.entry_id, job.seed, "reused from cache" if reused else "generated")
     return row

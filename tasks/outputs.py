@@ -12,8 +12,10 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from vstar_data.manifest import append_run_index, build_manifest, write_manifest
 from vstar_data.runs import RunPaths
 from vstar_data.schemas import METRICS_SCHEMA, SAMPLES_SCHEMA, SYNOPSES_SCHEMA, write_table
-from vstar_data.storage import join, write_bytes_atomic
+from vstar_data.keys import content_key
+from vstar_data.storage import exists, join, read_bytes, write_bytes_atomic
 
+PLOT_NAMES = ("similarity_matrices.png", "interval_similarity.png")
 _TABLES = {"synopses": SYNOPSES_SCHEMA, "samples": SAMPLES_SCHEMA, "metrics": METRICS_SCHEMA}
 
 
@@ -24,29 +26,42 @@ def write_rows(run: RunPaths, name: str, rows: list[dict]) -> str:
     return url
 
 
-@task(task_run_name="write-plots", retries=2, retry_delay_seconds=[1, 5])
-def write_plots(run: RunPaths, matrices: dict[str, list[list[float]]], metric: str | None) -> list[str]:
-    """Similarity heatmaps (per video and mean, one colour scale) and the interval distributions."""
-    from vstar_model.evaluation import interval_similarities
+def render_plots(matrices: dict[str, list[list[float]]], metric: str | None) -> dict[str, bytes]:
+    """PNG bytes by file name: the similarity heatmaps (one colour scale) and interval distributions."""
     import torch
 
+    from vstar_model.evaluation import interval_similarities
     from vstar_model.plots import interval_distribution_png, similarity_heatmaps_png
 
-    if not matrices:
-        return []
     arrays = {name: np.asarray(m) for name, m in matrices.items()}
-    written = []
-    heatmaps = join(run.plots_dir, "similarity_matrices.png")
-    write_bytes_atomic(heatmaps, similarity_heatmaps_png(arrays, title=f"inter-frame similarity ({metric})"))
-    written.append(heatmaps)
     by_length: dict[int, dict[int, list]] = {}
     for matrix in arrays.values():
         for k, values in interval_similarities(torch.from_numpy(matrix)).items():
             by_length.setdefault(matrix.shape[0], {}).setdefault(k, []).extend(values.tolist())
     methods = {f"generated, {n} frames": {k: np.asarray(v) for k, v in ks.items()} for n, ks in by_length.items()}
-    intervals = join(run.plots_dir, "interval_similarity.png")
-    write_bytes_atomic(intervals, interval_distribution_png(methods, title=f"similarity vs interval k ({metric})"))
-    written.append(intervals)
+    return {
+        "similarity_matrices.png": similarity_heatmaps_png(arrays, title=f"inter-frame similarity ({metric})"),
+        "interval_similarity.png": interval_distribution_png(methods, title=f"similarity vs interval k ({metric})"),
+    }
+
+
+@task(task_run_name="write-plots", retries=2, retry_delay_seconds=[1, 5])
+def write_plots(run: RunPaths, matrices: dict[str, list[list[float]]], metric: str | None) -> list[str]:
+    """The run's plots; the same scores give the same plots, so they are cached like videos."""
+    if not matrices:
+        return []
+    key = content_key("plots", {"metric": metric, "matrices": matrices})
+    cached = {name: join(run.output_root, "cache", "plots", f"{key}__{name}") for name in PLOT_NAMES}
+    if all(exists(url) for url in cached.values()):
+        images = {name: read_bytes(url) for name, url in cached.items()}
+    else:
+        images = render_plots(matrices, metric)
+        for name, data in images.items():
+            write_bytes_atomic(cached[name], data)
+    written = []
+    for name, data in images.items():
+        written.append(join(run.plots_dir, name))
+        write_bytes_atomic(written[-1], data)
     return written
 
 
