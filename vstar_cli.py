@@ -40,7 +40,9 @@ def produce(
     samples: int = typer.Option(1, min=1, help="videos per prompt (seeds seed, seed+1, …)"),
     seed: int = typer.Option(0, min=0),
     tar: str = typer.Option("64D1", help="TAR preset, e.g. 64D1, 64D4, 64D1_32D8, off"),
-    vsp: bool = typer.Option(True, help="per-frame synopsis conditioning (--no-vsp: plain prompt)"),
+    variant: list[str] = typer.Option(
+        ["vstar"], help="ablation variant(s), same seeds: vstar (VSP+TAR), tar, vsp, baseline; repeat for several"
+    ),
     steps: Optional[int] = typer.Option(None, min=1, help="denoising steps"),
     height: Optional[int] = typer.Option(None, min=8),
     width: Optional[int] = typer.Option(None, min=8),
@@ -71,7 +73,7 @@ def produce(
             samples_per_prompt=samples,
             seed=seed,
             tar=tar,
-            vsp=vsp,
+            variants=variant,
             gpu_slots=gpu_slots,
             model=ModelSettings(preset=model, path=model_path, device=device, dtype=dtype, steps=steps,
                                 height=height, width=width),

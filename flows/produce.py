@@ -6,6 +6,8 @@ from datetime import datetime, timezone
 
 from prefect import flow, get_run_logger
 from prefect.futures import wait
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.catalogs import read_catalog
@@ -16,6 +18,7 @@ from tasks.limits import ensure_concurrency_limit
 from tasks.outputs import finish_run, publish_artifacts, write_plots, write_rows
 from tasks.synopsize import LLMSettings, synopsis_row, synopsize_entry
 from vstar_data.runs import RunPaths, new_run_id
+from vstar_model.sampling import VARIANTS
 
 
 class ProduceParameters(BaseModel):
@@ -29,11 +32,18 @@ class ProduceParameters(BaseModel):
     samples_per_prompt: int = Field(1, ge=1)
     seed: int = Field(0, ge=0, description="first seed; an entry's samples use seed, seed+1, …")
     tar: str = Field("64D1", description="TAR preset (64D1, 64D4, 64D1_32D8, off) or e.g. '64D2_32D8'")
-    vsp: bool = Field(True, description="condition each frame on the interpolated synopsis")
+    variants: list[Literal["vstar", "tar", "vsp", "baseline"]] = Field(
+        ["vstar"], min_length=1,
+        description="ablation variants, same seeds (paper Fig. 11): vstar = VSP + TAR, tar, vsp, baseline",
+    )
     gpu_slots: int = Field(1, ge=1, description="videos generated at once (size it to the GPUs)")
     model: ModelSettings = ModelSettings()
     llm: LLMSettings = LLMSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
+
+    def uses_vsp(self) -> bool:
+        """Whether any variant needs synopses (otherwise no LLM call is made)."""
+        return any(VARIANTS[variant][0] for variant in self.variants)
 
 
 @flow(name="produce-dataset")
@@ -44,7 +54,7 @@ def produce_dataset(
     samples_per_prompt: int = 1,
     seed: int = 0,
     tar: str = "64D1",
-    vsp: bool = True,
+    variants: list[str] = ["vstar"],  # noqa: B006  (Prefect parameters: a literal default for the schema)
     gpu_slots: int = 1,
     model: ModelSettings = ModelSettings(),
     llm: LLMSettings = LLMSettings(),
@@ -67,7 +77,7 @@ def produce_dataset(
     gpu_limit = ensure_concurrency_limit("vstar-gpu", p.gpu_slots)
     synopses = {
         entry.id: synopsize_entry.submit(
-            entry, p.vsp, p.llm, entry_frames(entry, p.frames, p.model), p.output_root, llm_limit
+            entry, p.uses_vsp(), p.llm, entry_frames(entry, p.frames, p.model), p.output_root, llm_limit
         )
         for entry in entries
     }
@@ -88,15 +98,16 @@ def produce_dataset(
     ]
     write_rows(run, "samples", samples)
 
-    metrics, matrices = [], {}
+    scored = []  # (sample, similarity matrix)
+    metrics = []
     if metric is not None:
         ok = [sample for sample in samples if sample["status"] == "ok"]
         for sample, future in zip(ok, [evaluate_sample.submit(s, p.evaluation, p.output_root) for s in ok]):
             rows, matrix = future.result()
             metrics.extend(rows)
-            matrices[f"{sample['catalog_id']} s{sample['seed']}"] = matrix
+            scored.append((sample, matrix))
     write_rows(run, "metrics", metrics)
-    write_plots(run, matrices, metric)
+    write_plots(run, scored, metric)
     publish_artifacts(run, samples, metrics)
 
     failed = sum(sample["status"] != "ok" for sample in samples)

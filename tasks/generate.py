@@ -45,6 +45,7 @@ class SampleJob(BaseModel):
     fps: int
     tar: str = "off"
     vsp: bool = True
+    variant: str = "vstar"  # name only: vsp and tar above say what it means
 
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(
@@ -60,7 +61,7 @@ class SampleJob(BaseModel):
     def key(self) -> str:
         """Content key: same inputs, same weights location, same device → same video."""
         location, _ = resolve_location(get_preset(self.model), self.model_path)
-        inputs = self.model_dump(exclude={"entry_id", "synopsis_source", "model_path", "device", "dtype"})
+        inputs = self.model_dump(exclude={"entry_id", "synopsis_source", "model_path", "device", "dtype", "variant"})
         return sample_key(**inputs, model_location=str(location), device=pick_device(self.device).type,
                           dtype=self.dtype or "default")
 
@@ -87,8 +88,9 @@ def sample_row(job: SampleJob, run: RunPaths, key: str, record: dict | None, err
         "model_revision": record.get("model_revision"),
         "tar": job.tar,
         "vsp": job.vsp,
-        "video_uri": run.video(job.entry_id, job.seed) if ok else None,
-        "strip_uri": run.strip(job.entry_id, job.seed) if ok else None,
+        "variant": job.variant,
+        "video_uri": run.video(job.entry_id, job.seed, job.variant) if ok else None,
+        "strip_uri": run.strip(job.entry_id, job.seed, job.variant) if ok else None,
         "video_sha256": record.get("video_sha256"),
         "status": "ok" if ok else "failed",
         "error": None if ok else error[:2000],
@@ -115,10 +117,9 @@ def produce_sample(
         video, strip = read_bytes(cache.video(key)), read_bytes(cache.strip(key))
         reused = True
     else:
-        states = job.states if job.vsp else job.states[:1]
         with gpu_slot():
             model = cached_backbone(job.model, path=job.model_path, device=job.device, dtype=job.dtype)
-            generated = generate_video(model, states, job.sampling(), seed=job.seed, tar=job.tar, progress=progress)
+            generated = generate_video(model, job.states, job.sampling(), seed=job.seed, tar=job.tar, progress=progress)
         start = time.perf_counter()
         video = encode_mp4(generated.frames, fps=job.fps)
         strip = frame_strip(generated.frames)
@@ -137,13 +138,13 @@ def produce_sample(
         write_bytes_atomic(cache.strip(key), strip)
         write_bytes_atomic(cache.sample_record(key), json.dumps(record).encode())
         reused = False
-    write_bytes_atomic(run.video(job.entry_id, job.seed), video)
-    write_bytes_atomic(run.strip(job.entry_id, job.seed), strip)
+    write_bytes_atomic(run.video(job.entry_id, job.seed, job.variant), video)
+    write_bytes_atomic(run.strip(job.entry_id, job.seed, job.variant), strip)
     return sample_row(job, run, key, record), reused
 
 
 @task(
-    task_run_name="generate-{job.entry_id}-s{job.seed}",
+    task_run_name="generate-{job.entry_id}-s{job.seed}-{job.variant}",
     retries=1,
     retry_delay_seconds=2,
 )

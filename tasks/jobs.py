@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
+
 from pydantic import BaseModel, ConfigDict
 
 from tasks.generate import SampleJob, sample_row
 from vstar_data.catalog import CatalogEntry
 from vstar_data.runs import RunPaths
 from vstar_model.backbones import get_preset
+from vstar_model.sampling import VARIANTS
 
 
 class ModelSettings(BaseModel):
@@ -33,7 +36,11 @@ def entry_frames(entry: CatalogEntry, frames: int | None, model: ModelSettings) 
 
 
 def plan_jobs(entries: list[CatalogEntry], synopses: list[dict], parameters) -> list[SampleJob]:
-    """One job per catalog entry and seed, skipping entries whose synopsis failed."""
+    """One job per catalog entry, seed and ablation variant, skipping entries whose synopsis failed.
+
+    Variants share seeds (paper Fig. 11); without VSP a video is conditioned on the plain prompt,
+    without TAR the backbone's own temporal attention runs.
+    """
     jobs = []
     states_of = {row["catalog_id"]: row for row in synopses}
     for entry in entries:
@@ -42,12 +49,14 @@ def plan_jobs(entries: list[CatalogEntry], synopses: list[dict], parameters) -> 
             continue
         model = parameters.model
         preset = get_preset(entry.model or model.preset)
-        for seed in entry.resolve_seeds(default_num_samples=parameters.samples_per_prompt, base_seed=parameters.seed):
+        seeds = entry.resolve_seeds(default_num_samples=parameters.samples_per_prompt, base_seed=parameters.seed)
+        for seed, variant in itertools.product(seeds, parameters.variants):
+            use_vsp, use_tar = VARIANTS[variant]
             jobs.append(
                 SampleJob(
                     entry_id=entry.id,
                     prompt=entry.prompt,
-                    states=synopsis["states"],
+                    states=synopsis["states"] if use_vsp else [entry.prompt],
                     synopsis_source=synopsis["source"],
                     seed=seed,
                     model=preset.name,
@@ -62,8 +71,9 @@ def plan_jobs(entries: list[CatalogEntry], synopses: list[dict], parameters) -> 
                     eta=model.eta,
                     negative_prompt=entry.negative_prompt or model.negative_prompt,
                     fps=model.fps or preset.fps,
-                    tar=entry.tar or parameters.tar,
-                    vsp=parameters.vsp,
+                    tar=(entry.tar or parameters.tar) if use_tar else "off",
+                    vsp=use_vsp,
+                    variant=variant,
                 )
             )
     return jobs

@@ -26,19 +26,23 @@ def write_rows(run: RunPaths, name: str, rows: list[dict]) -> str:
     return url
 
 
-def render_plots(matrices: dict[str, list[list[float]]], metric: str | None) -> dict[str, bytes]:
-    """PNG bytes by file name: the similarity heatmaps (one colour scale) and interval distributions."""
+def render_plots(scored: list[tuple[dict, list]], metric: str | None) -> dict[str, bytes]:
+    """PNG bytes by file name: similarity heatmaps per video (one colour scale) and the interval
+    distributions of each ablation variant and length side by side (paper Fig. 8 and S.1)."""
     import torch
 
     from vstar_model.evaluation import interval_similarities
     from vstar_model.plots import interval_distribution_png, similarity_heatmaps_png
 
-    arrays = {name: np.asarray(m) for name, m in matrices.items()}
-    by_length: dict[int, dict[int, list]] = {}
-    for matrix in arrays.values():
-        for k, values in interval_similarities(torch.from_numpy(matrix)).items():
-            by_length.setdefault(matrix.shape[0], {}).setdefault(k, []).extend(values.tolist())
-    methods = {f"generated, {n} frames": {k: np.asarray(v) for k, v in ks.items()} for n, ks in by_length.items()}
+    arrays, groups = {}, {}
+    for sample, matrix in scored:
+        variant = sample.get("variant") or "vstar"
+        label = f"{sample['catalog_id']} s{sample['seed']}" + ("" if variant == "vstar" else f" {variant}")
+        arrays[label] = np.asarray(matrix)
+        group = groups.setdefault(f"{variant}, {arrays[label].shape[0]} frames", {})
+        for k, values in interval_similarities(torch.from_numpy(arrays[label])).items():
+            group.setdefault(k, []).extend(values.tolist())
+    methods = {name: {k: np.asarray(v) for k, v in ks.items()} for name, ks in groups.items()}
     return {
         "similarity_matrices.png": similarity_heatmaps_png(arrays, title=f"inter-frame similarity ({metric})"),
         "interval_similarity.png": interval_distribution_png(methods, title=f"similarity vs interval k ({metric})"),
@@ -46,16 +50,19 @@ def render_plots(matrices: dict[str, list[list[float]]], metric: str | None) -> 
 
 
 @task(task_run_name="write-plots", retries=2, retry_delay_seconds=[1, 5])
-def write_plots(run: RunPaths, matrices: dict[str, list[list[float]]], metric: str | None) -> list[str]:
+def write_plots(run: RunPaths, scored: list[tuple[dict, list]], metric: str | None) -> list[str]:
     """The run's plots; the same scores give the same plots, so they are cached like videos."""
-    if not matrices:
+    if not scored:
         return []
-    key = content_key("plots", {"metric": metric, "matrices": matrices})
+    key = content_key("plots", {
+        "metric": metric,
+        "videos": [[s["catalog_id"], s["seed"], s.get("variant"), matrix] for s, matrix in scored],
+    })
     cached = {name: join(run.output_root, "cache", "plots", f"{key}__{name}") for name in PLOT_NAMES}
     if all(exists(url) for url in cached.values()):
         images = {name: read_bytes(url) for name, url in cached.items()}
     else:
-        images = render_plots(matrices, metric)
+        images = render_plots(scored, metric)
         for name, data in images.items():
             write_bytes_atomic(cached[name], data)
     written = []

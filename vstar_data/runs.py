@@ -4,7 +4,7 @@
 
     <output_root>/
       runs/<run_id>/synopses.parquet, samples.parquet, metrics.parquet,
-                    videos/<entry_id>__s<seed>.mp4 (+ .png frame strips), plots/,
+                    videos/<entry_id>__s<seed>[__<variant>].mp4 (+ .png frame strips), plots/,
                     manifest.json                      (written last)
       runs/_index/<run_id>.parquet                     (one row per run: the run index)
       cache/synopses/<key>.json                        (reused by later runs)
@@ -24,6 +24,7 @@ from vstar_data.storage import join
 RUN_ID_PATTERN = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
 # Catalog ids are checked against the same rule (vstar_data.catalog) so names built from
 # them stay inside their directory.
+DEFAULT_VARIANT = "vstar"
 ENTRY_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -101,12 +102,22 @@ class RunPaths:
         """This run's row of the run index."""
         return join(run_index_dir(self.output_root), f"{self.run_id}.parquet")
 
-    def video(self, entry_id: str, seed: int) -> str:
-        return join(self.videos_dir, f"{check_entry_id(entry_id)}__s{_check_seed(seed)}.mp4")
+    def video(self, entry_id: str, seed: int, variant: str = DEFAULT_VARIANT) -> str:
+        return join(self.videos_dir, _video_name(entry_id, seed, variant) + ".mp4")
 
-    def strip(self, entry_id: str, seed: int) -> str:
+    def strip(self, entry_id: str, seed: int, variant: str = DEFAULT_VARIANT) -> str:
         """The PNG strip of frames sampled from the video of ``entry_id`` and ``seed``."""
-        return join(self.videos_dir, f"{check_entry_id(entry_id)}__s{_check_seed(seed)}.png")
+        return join(self.videos_dir, _video_name(entry_id, seed, variant) + ".png")
+
+
+def _video_name(entry_id: str, seed: int, variant: str) -> str:
+    """``<id>__s<seed>``, plus ``__<variant>`` for ablation variants other than the full method."""
+    name = f"{check_entry_id(entry_id)}__s{_check_seed(seed)}"
+    if variant == DEFAULT_VARIANT:
+        return name
+    if not re.fullmatch(r"[a-z0-9_]{1,32}", variant):
+        raise ValueError(f"variant must be 1-32 of [a-z0-9_], got {variant!r}")
+    return f"{name}__{variant}"
 
 
 def run_index_dir(output_root: str) -> str:

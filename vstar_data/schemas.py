@@ -73,6 +73,7 @@ SAMPLES_SCHEMA = _schema(
     _optional("model_revision", pa.string()),
     _optional("tar", pa.string()),  # TAR spec string; null when TAR is off
     _required("vsp", pa.bool_()),
+    _optional("variant", pa.string()),  # ablation variant: baseline | tar | vsp | vstar
     _optional("video_uri", pa.string()),
     _optional("strip_uri", pa.string()),
     _optional("video_sha256", pa.string()),

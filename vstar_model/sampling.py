@@ -21,6 +21,14 @@ from vstar_model.tar import apply_tar
 
 ProgressCallback = Callable[[int, int], None]
 
+# The paper's ablation (Fig. 11), same seed for all: variant → (VSP on, TAR on).
+VARIANTS: dict[str, tuple[bool, bool]] = {
+    "baseline": (False, False),
+    "tar": (False, True),
+    "vsp": (True, False),
+    "vstar": (True, True),
+}
+
 
 @dataclass(frozen=True)
 class SamplingConfig:
@@ -110,6 +118,9 @@ def generate_video(
         tar: a TAR setting for :func:`vstar_model.tar.apply_tar` (a ``TARConfig``, a preset such as
             ``"64D1"``, a {level: σ} mapping), or None/"off" for the backbone's own attention.
         progress: called with (steps done, total steps) after every denoising step.
+
+    Raises:
+        FloatingPointError: the denoised latents hold NaN or Inf.
     """
     if not states:
         raise ValueError("states must hold at least one text")
@@ -162,6 +173,12 @@ def generate_video(
                 if progress is not None:
                     progress(step + 1, total)
         timings["denoise_seconds"] = time.perf_counter() - start
+        if not torch.isfinite(latents).all():
+            # fp16 overflow or broken weights: fail this video rather than encode garbage.
+            raise FloatingPointError(
+                f"denoising produced non-finite latents (NaN/Inf) for seed {seed} "
+                f"after {total} steps in {model.dtype}"
+            )
 
         start = time.perf_counter()
         frames = decode_latents(model, latents, config.decode_chunk_size)

@@ -161,3 +161,19 @@ def test_bad_catalog_stops_before_anything_is_written(tmp_path, tiny_model_dir):
     assert not root.exists()
     fs = fsspec.filesystem("memory")
     assert not fs.exists("/never")
+
+
+def test_ablation_variants_share_seeds_and_differ_only_in_vsp_and_tar(catalog, tiny_model_dir):
+    run_dir = _run(catalog, "memory://vstar-ablation", tiny_model_dir, variants=["baseline", "tar", "vsp", "vstar"])
+    rows = read_table(f"{run_dir}/samples.parquet").to_pylist()
+    day = {r["variant"]: r for r in rows if r["catalog_id"] == "day-to-night" and r["seed"] == 3}
+    assert set(day) == {"baseline", "tar", "vsp", "vstar"}
+    assert {v: (r["vsp"], r["tar"]) for v, r in day.items()} == {
+        "baseline": (False, "off"), "tar": (False, "64D1"), "vsp": (True, "off"), "vstar": (True, "64D1"),
+    }
+    assert day["baseline"]["states"] == ["a street from day to night"]
+    assert day["vstar"]["states"] == ["a sunny street", "a street at dusk", "a street at night"]
+    assert len({r["video_sha256"] for r in day.values()}) == 4
+    assert day["vstar"]["video_uri"].endswith("day-to-night__s3.mp4")
+    assert day["baseline"]["video_uri"].endswith("day-to-night__s3__baseline.mp4")
+    assert len(rows) == 3 * 4 and verify_manifest(run_dir) == []
