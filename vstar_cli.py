@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from typing import Optional
 
 import typer
@@ -18,6 +19,55 @@ app.add_typer(runs_app, name="runs")
 def _fail(message: str, code: int = 2) -> None:
     typer.secho(message, fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
+
+
+def _count_videos(catalog, samples: int, variants: int) -> int:
+    return variants * sum(len(entry.seeds) if entry.seeds else entry.num_samples or samples for entry in catalog)
+
+
+@contextmanager
+def video_progress(total_videos: int):
+    """A terminal bar over the run's videos, fed by the generate tasks' step reports."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.theme import Theme
+
+    from tasks.progress import listening
+
+    console = _prefect_console()
+    if console is not None:
+        console.push_theme(Theme())  # Prefect's theme lacks rich's default progress styles
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=console)
+    overall = progress.add_task("videos", total=total_videos)
+    current: dict[str, int] = {}
+
+    def on_step(label: str, done: int, total: int) -> None:
+        if label not in current:
+            current[label] = progress.add_task(f"  {label}", total=total)
+        progress.update(current[label], completed=done, total=total)
+        if done == total:
+            progress.remove_task(current.pop(label))
+            progress.advance(overall)
+
+    try:
+        with progress, listening(on_step):
+            yield
+    finally:
+        if console is not None:
+            console.pop_theme()
+
+
+def _prefect_console():
+    """The rich Console Prefect logs to, so that log lines print above the bar instead of through it."""
+    import logging
+
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for logger in (logging.getLogger("prefect"), logging.getLogger()):
+        for handler in logger.handlers:
+            if isinstance(handler, PrefectConsoleHandler):
+                return handler.console
+    return None
 
 
 def _checked_catalog(path: str):
@@ -58,7 +108,7 @@ def produce(
     gpu_slots: int = typer.Option(1, min=1, help="videos generated at once"),
 ) -> None:
     """Run the produce-dataset flow (Prefect's ephemeral API unless PREFECT_API_URL is set)."""
-    _checked_catalog(catalog)  # before Prefect starts or anything is written
+    entries = _checked_catalog(catalog)  # before Prefect starts or anything is written
     from flows.produce import produce_dataset
     from tasks.evaluate import EvaluationSettings
     from tasks.jobs import ModelSettings
@@ -66,20 +116,21 @@ def produce(
     from vstar_model.dreamsim_weights import DreamSimWeightsMissing
 
     try:
-        run_dir = produce_dataset(
-            catalog=catalog,
-            output_root=out,
-            frames=frames,
-            samples_per_prompt=samples,
-            seed=seed,
-            tar=tar,
-            variants=variant,
-            gpu_slots=gpu_slots,
-            model=ModelSettings(preset=model, path=model_path, device=device, dtype=dtype, steps=steps,
-                                height=height, width=width),
-            llm=LLMSettings(model=llm_model, api_base=llm_api_base),
-            evaluation=EvaluationSettings(metric=metric, fallback=fallback_metric, cache_dir=dreamsim_cache),
-        )
+        with video_progress(_count_videos(entries, samples, len(variant))):
+            run_dir = produce_dataset(
+                catalog=catalog,
+                output_root=out,
+                frames=frames,
+                samples_per_prompt=samples,
+                seed=seed,
+                tar=tar,
+                variants=variant,
+                gpu_slots=gpu_slots,
+                model=ModelSettings(preset=model, path=model_path, device=device, dtype=dtype, steps=steps,
+                                    height=height, width=width),
+                llm=LLMSettings(model=llm_model, api_base=llm_api_base),
+                evaluation=EvaluationSettings(metric=metric, fallback=fallback_metric, cache_dir=dreamsim_cache),
+            )
     except DreamSimWeightsMissing as error:
         _fail(f"{error}\n(or pass --fallback-metric pixel_cosine / --metric none)")
     typer.echo(run_dir)

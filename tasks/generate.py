@@ -13,6 +13,7 @@ from prefect import get_run_logger, task
 from pydantic import BaseModel, ConfigDict
 
 from tasks.models import cached_backbone
+from tasks.progress import report
 from vstar_data.keys import sample_key
 from vstar_data.runs import CachePaths, RunPaths
 from vstar_data.storage import exists, read_bytes, write_bytes_atomic
@@ -154,13 +155,21 @@ def generate_sample(job: SampleJob, run: RunPaths, concurrency_limit: str | None
 
     logger = get_run_logger()
 
+    label = f"{job.entry_id} s{job.seed}" + ("" if job.variant == "vstar" else f" {job.variant}")
+
     def progress(done: int, total: int) -> None:
+        report(label, done, total)
         if done == total or done % max(1, total // 4) == 0:
             logger.info("%s seed %d: step %d/%d", job.entry_id, job.seed, done, total)
 
     def gpu_slot():
-        return concurrency(concurrency_limit, occupy=1, strict=True) if concurrency_limit else nullcontext()
+        if not concurrency_limit:
+            return nullcontext()
+        # A short lease: if this process dies mid-video its GPU slot frees within a minute.
+        return concurrency(concurrency_limit, occupy=1, strict=True, lease_duration=60)
 
     row, reused = produce_sample(job, run, progress, gpu_slot)
+    if reused:
+        report(label, 1, 1)
     logger.info("%s seed %d: %s", job.entry_id, job.seed, "reused from cache" if reused else "generated")
     return row
