@@ -105,6 +105,7 @@ def produce(
         None, help="metric to use when DreamSim weights are missing (recorded under its own name)"
     ),
     dreamsim_cache: Optional[str] = typer.Option(None, help="DreamSim weights folder"),
+    reference: Optional[str] = typer.Option(None, help="reference from `vstar evaluate` to compare with"),
     gpu_slots: int = typer.Option(1, min=1, help="videos generated at once"),
 ) -> None:
     """Run the produce-dataset flow (Prefect's ephemeral API unless PREFECT_API_URL is set)."""
@@ -129,11 +130,40 @@ def produce(
                 model=ModelSettings(preset=model, path=model_path, device=device, dtype=dtype, steps=steps,
                                     height=height, width=width),
                 llm=LLMSettings(model=llm_model, api_base=llm_api_base),
-                evaluation=EvaluationSettings(metric=metric, fallback=fallback_metric, cache_dir=dreamsim_cache),
+                evaluation=EvaluationSettings(metric=metric, fallback=fallback_metric, cache_dir=dreamsim_cache,
+                                              reference=reference),
             )
     except DreamSimWeightsMissing as error:
         _fail(f"{error}\n(or pass --fallback-metric pixel_cosine / --metric none)")
     typer.echo(run_dir)
+
+
+@app.command()
+def evaluate(
+    videos: str = typer.Argument(..., help="folder or bucket prefix of real clips (mp4, gif, folders of frames)"),
+    out: str = typer.Option("./outputs", "--out", help="output root: local path or fsspec URL"),
+    name: str = typer.Option("real", help="reference name (references/<name>/<id>/)"),
+    frames: int = typer.Option(16, min=2, help="frames each clip is resampled to (match your runs)"),
+    metric: str = typer.Option("dreamsim_ensemble", help="dreamsim_<type> or pixel_cosine"),
+    fallback_metric: Optional[str] = typer.Option(None, help="metric to use when DreamSim weights are missing"),
+    dreamsim_cache: Optional[str] = typer.Option(None, help="DreamSim weights folder"),
+) -> None:
+    """Score real clips into a versioned reference distribution; prints its directory (pass it to
+    `vstar produce --reference`)."""
+    from flows.evaluate import build_reference
+    from tasks.evaluate import EvaluationSettings
+    from vstar_model.dreamsim_weights import DreamSimWeightsMissing
+
+    try:
+        directory = build_reference(
+            videos=videos, output_root=out, name=name, num_frames=frames,
+            evaluation=EvaluationSettings(metric=metric, fallback=fallback_metric, cache_dir=dreamsim_cache),
+        )
+    except DreamSimWeightsMissing as error:
+        _fail(f"{error}\n(or pass --fallback-metric pixel_cosine)")
+    except (FileNotFoundError, ValueError) as error:
+        _fail(str(error))
+    typer.echo(directory)
 
 
 @catalog_app.command("validate")

@@ -15,6 +15,7 @@ from tasks.evaluate import EvaluationSettings, check_evaluation, evaluate_sample
 from tasks.generate import generate_sample
 from tasks.jobs import ModelSettings, entry_frames, failure_reason, plan_jobs, sample_failure_row
 from tasks.limits import ensure_concurrency_limit
+from tasks.reference import check_reference, compare_with_reference
 from tasks.outputs import finish_run, publish_artifacts, write_plots, write_rows
 from tasks.synopsize import LLMSettings, synopsis_row, synopsize_entry
 from vstar_data.runs import RunPaths, new_run_id
@@ -69,6 +70,8 @@ def produce_dataset(
     logger = get_run_logger()
     entries = read_catalog(p.catalog)  # a bad catalog stops the run before anything is written
     metric = check_evaluation(p.evaluation)  # so do missing metric weights
+    if p.evaluation.reference:
+        check_reference(p.evaluation.reference, metric)  # and an unusable reference
     run = RunPaths(p.output_root, new_run_id())
     created_at = datetime.now(timezone.utc)
     logger.info("run %s: %d catalog entries → %s", run.run_id, len(entries), run.run_dir)
@@ -106,12 +109,18 @@ def produce_dataset(
             rows, matrix = future.result()
             metrics.extend(rows)
             scored.append((sample, matrix))
+    if p.evaluation.reference and scored:
+        metrics.extend(compare_with_reference(run.run_id, scored, p.evaluation.reference, metric))
     write_rows(run, "metrics", metrics)
-    write_plots(run, scored, metric)
-    publish_artifacts(run, samples, metrics)
+    plots = write_plots(run, scored, metric, p.evaluation.reference)
+    publish_artifacts(run, samples, metrics, plots)
 
-    failed = sum(sample["status"] != "ok" for sample in samples)
     counts = {"synopses": len(synopsis_rows), "samples": len(samples), "metrics": len(metrics)}
-    finish_run(run, p.model_dump(mode="json"), counts, created_at, p.catalog, failed)
-    logger.info("run %s finished: %d videos, %d failed", run.run_id, len(samples), failed)
+    failures = {
+        "synopses_fallback": sum(row["source"] == "fallback" for row in synopsis_rows),
+        "synopses_failed": sum(row["source"] == "failed" for row in synopsis_rows),
+        "samples_failed": sum(sample["status"] != "ok" for sample in samples),
+    }
+    finish_run(run, p.model_dump(mode="json"), counts, created_at, p.catalog, failures)
+    logger.info("run %s finished: %d videos, %s", run.run_id, len(samples), failures)
     return run.run_dir

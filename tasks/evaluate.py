@@ -26,6 +26,7 @@ class EvaluationSettings(BaseModel):
     fallback: str | None = None
     cache_dir: str | None = None
     device: str | None = None
+    reference: str | None = None  # a build-reference output to compare each variant with
 
 
 def check_evaluation(settings: EvaluationSettings) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import datetime, timezone
 
@@ -26,7 +27,7 @@ def write_rows(run: RunPaths, name: str, rows: list[dict]) -> str:
     return url
 
 
-def render_plots(scored: list[tuple[dict, list]], metric: str | None) -> dict[str, bytes]:
+def render_plots(scored: list[tuple[dict, list]], metric: str | None, reference: str | None = None) -> dict[str, bytes]:
     """PNG bytes by file name: similarity heatmaps per video (one colour scale) and the interval
     distributions of each ablation variant and length side by side (paper Fig. 8 and S.1)."""
     import torch
@@ -43,6 +44,11 @@ def render_plots(scored: list[tuple[dict, list]], metric: str | None) -> dict[st
         for k, values in interval_similarities(torch.from_numpy(arrays[label])).items():
             group.setdefault(k, []).extend(values.tolist())
     methods = {name: {k: np.asarray(v) for k, v in ks.items()} for name, ks in groups.items()}
+    if reference:
+        from tasks.reference import load_reference
+
+        _, real = load_reference(reference)
+        methods = {"real (reference)": {k: v.numpy() for k, v in real.items()}, **methods}
     return {
         "similarity_matrices.png": similarity_heatmaps_png(arrays, title=f"inter-frame similarity ({metric})"),
         "interval_similarity.png": interval_distribution_png(methods, title=f"similarity vs interval k ({metric})"),
@@ -50,19 +56,22 @@ def render_plots(scored: list[tuple[dict, list]], metric: str | None) -> dict[st
 
 
 @task(task_run_name="write-plots", retries=2, retry_delay_seconds=[1, 5])
-def write_plots(run: RunPaths, scored: list[tuple[dict, list]], metric: str | None) -> list[str]:
+def write_plots(
+    run: RunPaths, scored: list[tuple[dict, list]], metric: str | None, reference: str | None = None
+) -> list[str]:
     """The run's plots; the same scores give the same plots, so they are cached like videos."""
     if not scored:
         return []
     key = content_key("plots", {
         "metric": metric,
+        "reference": reference,
         "videos": [[s["catalog_id"], s["seed"], s.get("variant"), matrix] for s, matrix in scored],
     })
     cached = {name: join(run.output_root, "cache", "plots", f"{key}__{name}") for name in PLOT_NAMES}
     if all(exists(url) for url in cached.values()):
         images = {name: read_bytes(url) for name, url in cached.items()}
     else:
-        images = render_plots(scored, metric)
+        images = render_plots(scored, metric, reference)
         for name, data in images.items():
             write_bytes_atomic(cached[name], data)
     written = []
@@ -74,20 +83,25 @@ def write_plots(run: RunPaths, scored: list[tuple[dict, list]], metric: str | No
 
 @task(task_run_name="write-manifest", retries=2, retry_delay_seconds=[1, 5])
 def finish_run(run: RunPaths, parameters: dict, row_counts: dict[str, int], created_at: datetime,
-               catalog: str, num_failed: int) -> str:
-    """Manifest last (it lists every file written before it), then the run's index entry."""
+               catalog: str, failures: dict[str, int]) -> str:
+    """Manifest last (it lists every file written before it), then the run's index entry.
+
+    ``failures`` counts ``synopses_fallback`` (plain prompt instead of an LLM synopsis),
+    ``synopses_failed`` (entries left out) and ``samples_failed``; the manifest records them
+    and the run is "partial" when an entry or a video failed.
+    """
     finished = datetime.now(timezone.utc)
     manifest = build_manifest(run.run_dir, run.run_id, parameters=parameters, row_counts=row_counts,
                               created_at=created_at, finished_at=finished)
-    url = write_manifest(run.run_dir, manifest)
+    url = write_manifest(run.run_dir, {**manifest, "failures": dict(failures)})
     append_run_index(run.output_root, {
         "run_id": run.run_id,
         "created_at": created_at,
         "finished_at": finished,
-        "status": "ok" if num_failed == 0 else "partial",
+        "status": "partial" if failures["synopses_failed"] or failures["samples_failed"] else "ok",
         "catalog": catalog,
         "num_samples": row_counts["samples"],
-        "num_failed": num_failed,
+        "num_failed": failures["samples_failed"],
         "parameters_json": json.dumps(parameters, sort_keys=True),
         "manifest_uri": url,
     })
@@ -95,13 +109,14 @@ def finish_run(run: RunPaths, parameters: dict, row_counts: dict[str, int], crea
 
 
 @task(task_run_name="publish-artifacts")
-def publish_artifacts(run: RunPaths, samples: list[dict], metrics: list[dict]) -> None:
-    """A table of samples with their metric summary and a markdown summary of the run."""
-    summary = {(m["sample_key"], m["name"]): m["value"] for m in metrics if m["k"] == -1}
+def publish_artifacts(run: RunPaths, samples: list[dict], metrics: list[dict], plots: list[str]) -> None:
+    """A table of samples with their metric summary, and a markdown summary with the plots."""
+    summary = {(m.get("sample_key"), m["name"]): m["value"] for m in metrics if m["k"] == -1}
     table = [
         {
             "catalog_id": s["catalog_id"],
             "seed": s["seed"],
+            "variant": s.get("variant") or "vstar",
             "status": s["status"],
             "states": len(s["states"]),
             "coherence": round(summary.get((s["sample_key"], "coherence"), float("nan")), 4),
@@ -114,8 +129,18 @@ def publish_artifacts(run: RunPaths, samples: list[dict], metrics: list[dict]) -
     create_table_artifact(table, key=f"vstar-run-{run.run_id.lower()}", description=f"samples of run {run.run_id}")
     failed = sum(s["status"] != "ok" for s in samples)
     metric = metrics[0]["metric"] if metrics else "none"
-    create_markdown_artifact(
-        f"# vstar run `{run.run_id}`\n\n- run directory: `{run.run_dir}`\n- videos: {len(samples) - failed} ok,"
-        f" {failed} failed\n- metric: `{metric}`\n",
-        description=f"summary of run {run.run_id}",
-    )
+    lines = [
+        f"# vstar run `{run.run_id}`", "",
+        f"- run directory: `{run.run_dir}`",
+        f"- videos: {len(samples) - failed} ok, {failed} failed",
+        f"- metric: `{metric}`",
+    ]
+    scores = [m for m in metrics if m["name"] == "overall_score" and m.get("reference")]
+    if scores:
+        lines += ["", f"Distance to the reference `{scores[0]['reference']}` (mean 1-D Wasserstein over k; lower is"
+                  " closer to real videos):", "", "| variant | score |", "|---|---|"]
+        lines += [f"| {m['variant']} | {m['value']:.4f} |" for m in scores]
+    for url in plots:  # embedded, so the Prefect UI shows them wherever the run directory lives
+        encoded = base64.b64encode(read_bytes(url)).decode()
+        lines += ["", f"![{url.rsplit('/', 1)[-1]}](data:image/png;base64,{encoded})"]
+    create_markdown_artifact("\n".join(lines), description=f"summary of run {run.run_id}")

@@ -88,14 +88,28 @@ SAMPLES_SCHEMA = _schema(
 METRICS_SCHEMA = _schema(
     "metrics",
     _required("run_id", pa.string()),
-    _required("sample_key", pa.string()),
-    _required("catalog_id", pa.string()),
-    _required("seed", pa.int64()),
+    # Per-video rows name their video; rows comparing a whole variant with a reference leave
+    # sample_key, catalog_id and seed null and set variant and reference.
+    _optional("sample_key", pa.string()),
+    _optional("catalog_id", pa.string()),
+    _optional("seed", pa.int64()),
     _required("metric", pa.string()),  # e.g. "dreamsim_ensemble"
     _required("k", pa.int32()),  # frame interval; -1 for whole-video rows
-    _required("name", pa.string()),  # "mean", "q05", ..., "coherence", "overall_score"
+    _required("name", pa.string()),  # "mean", "q05", ..., "coherence", "wasserstein", "overall_score"
     _required("value", pa.float64()),
+    _optional("variant", pa.string()),
     _optional("reference", pa.string()),
+)
+
+# A reference distribution: the interval similarities of real clips, resampled to num_frames.
+REFERENCE_SCHEMA = _schema(
+    "reference",
+    _required("reference_id", pa.string()),
+    _required("clip", pa.string()),
+    _required("metric", pa.string()),
+    _required("num_frames", pa.int32()),
+    _required("k", pa.int32()),
+    _required("value", pa.float64()),
 )
 
 RUNS_SCHEMA = _schema(

@@ -86,3 +86,27 @@ def read_video_frames(path_or_url: str | os.PathLike, num_frames: int | None = N
     if len({frame.shape for frame in frames}) > 1:
         raise ValueError(f"frames of {path_or_url} differ in size: {sorted({frame.shape for frame in frames})}")
     return torch.from_numpy(np.stack(frames))
+
+
+VIDEO_SUFFIXES = (".mp4", ".gif", ".webm", ".mov", ".mkv", ".avi")
+
+
+def list_clips(url: str | os.PathLike) -> list[str]:
+    """The clips directly under a folder or bucket prefix: video files and folders of frames.
+
+    Returns fsspec URLs (with the protocol of ``url``) in natural name order.
+    """
+    fs, root = fsspec.core.url_to_fs(str(url))
+    if not fs.isdir(root):
+        raise FileNotFoundError(f"no such folder of clips: {url}")
+    clips = []
+    for entry in fs.ls(root, detail=True):
+        name = entry["name"]
+        if entry["type"] == "directory":
+            if any(p.lower().endswith(IMAGE_SUFFIXES) for p in fs.ls(name, detail=False)):
+                clips.append(name)
+        elif name.lower().endswith(VIDEO_SUFFIXES):
+            clips.append(name)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    prefix = "" if protocol in ("file", "local") else f"{protocol}://"
+    return [prefix + clip if prefix and not clip.startswith(prefix) else clip for clip in sorted(clips, key=_natural_key)]
