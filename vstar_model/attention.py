@@ -27,14 +27,16 @@ def _check_band(band: torch.Tensor, num_queries: int, num_keys: int) -> None:
 
 
 def _regularise_logits_(
-    logits: torch.Tensor, band: torch.Tensor, attn_mask: torch.Tensor | None
+    logits: torch.Tensor, band: torch.Tensor | None, attn_mask: torch.Tensor | None
 ) -> torch.Tensor:
     """In place on the scaled logits φ ``[..., N, N]``: ``φ + rowmax(φ)·ΔA (+ mask)``.
 
     The max is per query row over the key frames and keeps its sign (a row whose largest logit is
     negative gets a negative bias), as in the authors' implementation; the mask does not enter it.
+    Without a band only the mask is applied.
     """
-    logits.addcmul_(logits.amax(dim=-1, keepdim=True), band)
+    if band is not None:
+        logits.addcmul_(logits.amax(dim=-1, keepdim=True), band)
     if attn_mask is None:
         return logits
     if attn_mask.dtype == torch.bool:  # SDPA's convention: True = may attend
@@ -45,7 +47,7 @@ def _regularise_logits_(
 def tar_attention_probs(
     query: torch.Tensor,
     key: torch.Tensor,
-    band: torch.Tensor,
+    band: torch.Tensor | None,
     *,
     scale: float | None = None,
     attn_mask: torch.Tensor | None = None,
@@ -55,7 +57,8 @@ def tar_attention_probs(
     Args:
         query: ``[..., N, D]``.
         key: ``[..., N, D]`` (self-attention: as many keys as queries).
-        band: ΔA ``[N, N]``, in the dtype and on the device of ``query``.
+        band: ΔA ``[N, N]``, in the dtype and on the device of ``query``, or ``None`` for the
+            plain map ``A = softmax(φ)`` (eq. 1) that SDPA uses.
         scale: logit scale, ``1/√D`` by default (as SDPA).
         attn_mask: optional SDPA-style mask broadcastable to ``[..., N, N]`` (bool: True = attend;
             float: added to the logits).
@@ -63,7 +66,8 @@ def tar_attention_probs(
     Returns:
         ``[..., N, N]`` attention probabilities (rows sum to 1) in the dtype of ``query``.
     """
-    _check_band(band, query.shape[-2], key.shape[-2])
+    if band is not None:
+        _check_band(band, query.shape[-2], key.shape[-2])
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
     logits = torch.matmul(query, key.transpose(-1, -2)).mul_(scale)
     return _regularise_logits_(logits, band, attn_mask).softmax(dim=-1)

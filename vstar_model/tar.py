@@ -5,6 +5,9 @@
 :class:`TARAttnProcessor` and returns a :class:`TARHandle`. The sampling loop calls
 ``handle.set_step(step, num_steps)`` before each UNet call; TAR is applied only in the first
 ``active_steps`` steps, in every batch element (so in both classifier-free-guidance branches).
+It derives from :class:`TemporalAttnProcessor` (``AttnProcessor2_0`` for temporal layers), which
+can carry a probe that sees each layer's query and key: how
+:func:`vstar_model.analysis.capture_attention` records attention maps.
 
 A *level* is the spatial size of a block's feature map relative to the full latent, named as the
 authors do for 320×512 videos (40×64 latent): 64 is full resolution, then 32, 16 and 8. We derive
@@ -22,7 +25,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -206,23 +209,40 @@ class TARSchedule:
         self.active = step < self.config.num_active_steps(num_steps)
 
 
-class TARAttnProcessor:
-    """diffusers' ``AttnProcessor2_0`` for a temporal self-attention layer, with TAR when active.
+class AttentionProbe(Protocol):
+    """Called by a :class:`TemporalAttnProcessor` before it attends, e.g. to record the map.
 
-    While ``schedule.active`` is false this computes exactly what ``AttnProcessor2_0`` computes
-    (same norms, projections, residual, rescaling and dtype). While active, the attention itself
-    is :func:`~vstar_model.attention.tar_attention` with this level's ΔA, or, in replace mode,
-    :func:`~vstar_model.attention.replaced_attention`.
+    Gets the layer's ``query`` and ``key`` ``[batch·h·w, heads, N, head_dim]``, its SDPA-style
+    ``attn_mask`` (or ``None``) and what the layer computes in this call: ``band`` ΔA ``[N, N]``
+    under TAR, ``replace`` in replace mode, both ``None`` for plain attention. It must not modify
+    them (see :func:`vstar_model.analysis.capture_attention`).
     """
 
-    def __init__(
-        self, schedule: TARSchedule, *, band: CachedBand | None = None, replace: ReplaceMode | None = None
-    ):
-        if (band is None) == (replace is None):
-            raise ValueError("TARAttnProcessor needs exactly one of band and replace")
-        self.schedule = schedule
-        self.band = band
-        self.replace = replace
+    def __call__(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        *,
+        attn_mask: torch.Tensor | None,
+        band: torch.Tensor | None,
+        replace: ReplaceMode | None,
+    ) -> None: ...
+
+
+class TemporalAttnProcessor:
+    """diffusers' ``AttnProcessor2_0`` for a temporal self-attention layer, with an optional probe.
+
+    This computes exactly what ``AttnProcessor2_0`` computes (same norms, projections, residual,
+    rescaling and dtype); :class:`TARAttnProcessor` changes only the attention itself. A ``probe``
+    sees the query and key of every call and does not change the output.
+    """
+
+    def __init__(self, *, probe: AttentionProbe | None = None):
+        self.probe = probe
+
+    def regularisation(self, query: torch.Tensor) -> tuple[torch.Tensor | None, ReplaceMode | None]:
+        """(ΔA, replace mode) in force for this call; ``(None, None)`` is plain attention."""
+        return None, None
 
     def __call__(
         self,
@@ -270,15 +290,17 @@ class TARAttnProcessor:
         if attn.norm_k is not None:
             key = attn.norm_k(key)
 
-        if not self.schedule.active:
+        band, replace = self.regularisation(query)
+        if self.probe is not None:
+            self.probe(query, key, attn_mask=attention_mask, band=band, replace=replace)
+        if replace is not None:
+            hidden_states = replaced_attention(value, replace)
+        elif band is not None:
+            hidden_states = tar_attention(query, key, value, band, attn_mask=attention_mask)
+        else:
             hidden_states = F.scaled_dot_product_attention(
                 query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
             )
-        elif self.replace is not None:
-            hidden_states = replaced_attention(value, self.replace)
-        else:
-            band = self.band(query.shape[-2], query.device, query.dtype)
-            hidden_states = tar_attention(query, key, value, band, attn_mask=attention_mask)
 
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
         hidden_states = hidden_states.to(query.dtype)
@@ -290,6 +312,37 @@ class TARAttnProcessor:
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
+
+
+class TARAttnProcessor(TemporalAttnProcessor):
+    """A :class:`TemporalAttnProcessor` with TAR while ``schedule.active``.
+
+    While active, the attention itself is :func:`~vstar_model.attention.tar_attention` with this
+    level's ΔA, or, in replace mode, :func:`~vstar_model.attention.replaced_attention`; otherwise
+    it is exactly ``AttnProcessor2_0``.
+    """
+
+    def __init__(
+        self,
+        schedule: TARSchedule,
+        *,
+        band: CachedBand | None = None,
+        replace: ReplaceMode | None = None,
+        probe: AttentionProbe | None = None,
+    ):
+        if (band is None) == (replace is None):
+            raise ValueError("TARAttnProcessor needs exactly one of band and replace")
+        super().__init__(probe=probe)
+        self.schedule = schedule
+        self.band = band
+        self.replace = replace
+
+    def regularisation(self, query: torch.Tensor) -> tuple[torch.Tensor | None, ReplaceMode | None]:
+        if not self.schedule.active:
+            return None, None
+        if self.replace is not None:
+            return None, self.replace
+        return self.band(query.shape[-2], query.device, query.dtype), None
 
 
 class TARHandle:
@@ -324,7 +377,11 @@ class TARHandle:
         for name, level in all_levels.items():
             if level not in config.levels:
                 continue
-            processor = TARAttnProcessor(self._schedule, band=bands.get(level), replace=config.replace)
+            # A probe already there (an attention capture) keeps seeing this layer, now with TAR.
+            probe = current[name].probe if isinstance(current[name], TemporalAttnProcessor) else None
+            processor = TARAttnProcessor(
+                self._schedule, band=bands.get(level), replace=config.replace, probe=probe
+            )
             self._previous[name] = current[name]
             self._attention_module(name).set_processor(processor)
             self.levels[name] = level
