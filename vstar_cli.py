@@ -166,6 +166,39 @@ def evaluate(
     typer.echo(directory)
 
 
+@app.command()
+def analyze(
+    out: str = typer.Option("./outputs", "--out", help="output root: local path or fsspec URL"),
+    prompt: str = typer.Option("a landscape transitioning from winter to spring", help="prompt of the videos"),
+    state: Optional[list[str]] = typer.Option(None, help="synopsis states (repeat); default: the prompt alone"),
+    frames: list[int] = typer.Option([16, 48], help="video lengths (repeat)"),
+    condition: list[str] = typer.Option(
+        ["off", "64D1", "identity@64", "ones@64"],
+        help="off, a TAR preset (σ sweep: 64D1, 64D4…) or a map replacement identity@64 / ones@64_32 (repeat)",
+    ),
+    real_videos: Optional[str] = typer.Option(None, help="folder or bucket of real clips to compare with"),
+    model: str = typer.Option("tiny", help="model preset"),
+    model_path: Optional[str] = typer.Option(None, help="local directory of the model's weights"),
+    steps: Optional[int] = typer.Option(None, min=1, help="denoising steps"),
+    device: Optional[str] = typer.Option(None),
+    seed: int = typer.Option(0, min=0),
+) -> None:
+    """Temporal attention of generated (and real) videos per UNet level: how band-like it is under
+    each condition. Prints the analysis directory."""
+    from flows.analyze import analyze_attention
+    from tasks.jobs import ModelSettings
+
+    try:
+        directory = analyze_attention(
+            output_root=out, prompt=prompt, states=state or None, frames=frames, conditions=condition,
+            real_videos=real_videos, seed=seed,
+            model=ModelSettings(preset=model, path=model_path, steps=steps, device=device),
+        )
+    except (FileNotFoundError, ValueError) as error:
+        _fail(str(error))
+    typer.echo(directory)
+
+
 @catalog_app.command("validate")
 def catalog_validate(path: str) -> None:
     """Check a catalog; every problem is listed with file, row and field."""

@@ -7,7 +7,8 @@ from datetime import datetime, timezone
 from prefect import flow, get_run_logger
 
 from tasks.evaluate import EvaluationSettings
-from tasks.reference import finish_reference, reference_metric, reference_rows, score_clip, write_reference
+from tasks.outputs import write_directory_manifest
+from tasks.reference import reference_metric, reference_rows, score_clip, write_reference
 from vstar_data.runs import new_run_id
 from vstar_data.storage import join
 from vstar_model.video_io import list_clips
@@ -37,6 +38,6 @@ def build_reference(
     write_reference(directory, reference_id, rows)
     parameters = {"videos": videos, "name": name, "num_frames": num_frames, "metric": metric,
                   "evaluation": evaluation.model_dump(mode="json")}
-    finish_reference(directory, reference_id, parameters, {"reference": len(rows), "clips": len(clips)}, created_at)
+    write_directory_manifest(directory, reference_id, parameters, {"reference": len(rows), "clips": len(clips)}, created_at)
     logger.info("reference %s: %d clips, %s → %s", reference_id, len(clips), metric, directory)
     return directory

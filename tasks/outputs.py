@@ -108,6 +108,30 @@ def finish_run(run: RunPaths, parameters: dict, row_counts: dict[str, int], crea
     return url
 
 
+@task(task_run_name="write-directory-manifest", retries=2, retry_delay_seconds=[1, 5])
+def write_directory_manifest(directory: str, version_id: str, parameters: dict, row_counts: dict,
+                             created_at: datetime) -> str:
+    """The manifest of a versioned directory other than a run (a reference, an analysis), written last."""
+    manifest = build_manifest(directory, version_id, parameters=parameters, row_counts=row_counts,
+                              created_at=created_at, finished_at=datetime.now(timezone.utc))
+    return write_manifest(directory, manifest)
+
+
+def embedded_plots(plots: list[str]) -> list[str]:
+    """Markdown lines showing PNGs inline, so the Prefect UI shows them wherever they are stored."""
+    lines = []
+    for url in plots:
+        encoded = base64.b64encode(read_bytes(url)).decode()
+        lines += ["", f"![{url.rsplit('/', 1)[-1]}](data:image/png;base64,{encoded})"]
+    return lines
+
+
+@task(task_run_name="publish-plots")
+def publish_plots(title: str, directory: str, plots: list[str]) -> None:
+    create_markdown_artifact("\n".join([f"# {title}", "", f"- directory: `{directory}`", *embedded_plots(plots)]),
+                             description=title)
+
+
 @task(task_run_name="publish-artifacts")
 def publish_artifacts(run: RunPaths, samples: list[dict], metrics: list[dict], plots: list[str]) -> None:
     """A table of samples with their metric summary, and a markdown summary with the plots."""
@@ -140,7 +164,5 @@ def publish_artifacts(run: RunPaths, samples: list[dict], metrics: list[dict], p
         lines += ["", f"Distance to the reference `{scores[0]['reference']}` (mean 1-D Wasserstein over k; lower is"
                   " closer to real videos):", "", "| variant | score |", "|---|---|"]
         lines += [f"| {m['variant']} | {m['value']:.4f} |" for m in scores]
-    for url in plots:  # embedded, so the Prefect UI shows them wherever the run directory lives
-        encoded = base64.b64encode(read_bytes(url)).decode()
-        lines += ["", f"![{url.rsplit('/', 1)[-1]}](data:image/png;base64,{encoded})"]
+    lines += embedded_plots(plots)
     create_markdown_artifact("\n".join(lines), description=f"summary of run {run.run_id}")

@@ -51,17 +51,6 @@ def write_reference(directory: str, reference_id: str, rows: list[dict]) -> str:
     return url
 
 
-@task(task_run_name="write-reference-manifest", retries=2, retry_delay_seconds=[1, 5])
-def finish_reference(directory: str, reference_id: str, parameters: dict, row_counts: dict, created_at) -> str:
-    from datetime import datetime, timezone
-
-    from vstar_data.manifest import build_manifest, write_manifest
-
-    manifest = build_manifest(directory, reference_id, parameters=parameters, row_counts=row_counts,
-                              created_at=created_at, finished_at=datetime.now(timezone.utc))
-    return write_manifest(directory, manifest)
-
-
 def load_reference(reference: str) -> tuple[str, dict[int, "torch.Tensor"]]:  # noqa: F821
     """(metric, {k: pooled similarities of all clips}) of a stored reference."""
     import torch

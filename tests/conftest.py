@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 # Before anything imports prefect, litellm or huggingface_hub.
 _HOME = Path(tempfile.mkdtemp(prefix="vstar-tests-"))
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 os.environ.update(
     PREFECT_HOME=str(_HOME / "prefect"),
     PREFECT_SERVER_ANALYTICS_ENABLED="false",

@@ -101,6 +101,26 @@ METRICS_SCHEMA = _schema(
     _optional("reference", pa.string()),
 )
 
+# Temporal attention analysis: one row per attention layer map (paper §3.3).
+ATTENTION_SCHEMA = _schema(
+    "attention",
+    _required("run_id", pa.string()),
+    _required("source", pa.string()),  # "real" | "generated"
+    _required("condition", pa.string()),  # generated: "off", a TAR preset, "identity@64"…; real: "real"
+    _optional("clip", pa.string()),  # real clip URL
+    _required("model_preset", pa.string()),
+    _required("num_frames", pa.int32()),
+    _optional("step", pa.int32()),  # denoising step; null for real clips (one denoiser call)
+    _required("timestep", pa.int32()),
+    _required("layer", pa.string()),
+    _required("level", pa.int32()),
+    _required("band_width", pa.int32()),
+    _required("band_mass", pa.float64()),
+    _required("band_score", pa.float64()),
+    _optional("gaussian_sigma", pa.float64()),
+    _optional("gaussian_correlation", pa.float64()),
+)
+
 # A reference distribution: the interval similarities of real clips, resampled to num_frames.
 REFERENCE_SCHEMA = _schema(
     "reference",

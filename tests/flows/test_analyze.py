@@ -1,0 +1,54 @@
+"""The analyze-attention flow on the tiny model: real and generated maps, conditions, versioned output."""
+
+from __future__ import annotations
+
+import pytest
+
+from flows.analyze import analyze_attention
+from tasks.analysis import condition_tar
+from tasks.jobs import ModelSettings
+from vstar_data.manifest import verify_manifest
+from vstar_data.schemas import read_table
+from vstar_data.storage import list_files
+from vstar_model.video_writer import encode_mp4
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def test_analysis_of_real_and_generated_videos_under_conditions(tmp_path, tiny_model_dir):
+    import torch
+
+    clips = tmp_path / "real"
+    clips.mkdir()
+    frames = torch.randint(0, 255, (12, 64, 64, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    (clips / "clip.mp4").write_bytes(encode_mp4(frames))
+    directory = analyze_attention(
+        output_root=str(tmp_path / "out"), frames=[8], conditions=["off", "64D1", "identity@64"],
+        real_videos=str(clips), model=ModelSettings(path=str(tiny_model_dir), steps=2),
+    )
+    assert "/analyses/" in directory
+    rows = read_table(f"{directory}/attention.parquet").to_pylist()
+    assert {(r["source"], r["condition"]) for r in rows} == {
+        ("real", "real"), ("generated", "off"), ("generated", "64D1"), ("generated", "identity@64"),
+    }
+    generated_off = [r for r in rows if r["condition"] == "off"]
+    assert {r["step"] for r in generated_off} == {0, 1}
+    assert {r["level"] for r in generated_off} == {64, 32, 16, 8}
+    assert all(r["num_frames"] == 8 for r in rows)
+    # Replacing the map by the identity at level 64 makes it exactly band-like there.
+    identity_64 = [r for r in rows if r["condition"] == "identity@64" and r["level"] == 64]
+    assert identity_64 and all(r["band_score"] == pytest.approx(1.0) for r in identity_64)
+    assert all(r["step"] is None for r in rows if r["source"] == "real")
+    files = list_files(directory)
+    assert {"plots/attention_8f.png", "plots/band_scores.png", "plots/delta_a.png"} <= set(files)
+    assert {"videos/off__8f.mp4", "videos/64D1__8f.mp4", "videos/identity_at_64__8f.mp4"} <= set(files)
+    assert verify_manifest(directory) == []
+
+
+def test_conditions_are_checked():
+    assert condition_tar("off") is None
+    assert condition_tar("ones@64_32").replace == "ones"
+    with pytest.raises(ValueError, match="'blur'"):
+        condition_tar("blur@64")
+    with pytest.raises(ValueError, match="'6x'"):
+        condition_tar("identity@6x")
