@@ -16,6 +16,7 @@ from tasks.generate import generate_sample
 from tasks.jobs import ModelSettings, entry_frames, failure_reason, plan_jobs, sample_failure_row
 from tasks.limits import ensure_concurrency_limit
 from tasks.reference import check_reference, compare_with_reference
+from tasks.shards import run_shard, split_jobs
 from tasks.outputs import finish_run, publish_artifacts, write_plots, write_rows
 from tasks.synopsize import LLMSettings, synopsis_row, synopsize_entry
 from vstar_data.runs import RunPaths, new_run_id
@@ -37,7 +38,11 @@ class ProduceParameters(BaseModel):
         ["vstar"], min_length=1,
         description="ablation variants, same seeds (paper Fig. 11): vstar = VSP + TAR, tar, vsp, baseline",
     )
-    gpu_slots: int = Field(1, ge=1, description="videos generated at once (size it to the GPUs)")
+    gpu_slots: int = Field(1, ge=1, description="videos generated at once, over all machines (size it to the GPUs)")
+    shards: int = Field(1, ge=1, description="machines to spread generation over (with shard_deployment)")
+    shard_deployment: str | None = Field(
+        None, description="e.g. 'generate-shard/gpu': generate through flow runs on that deployment's pool"
+    )
     model: ModelSettings = ModelSettings()
     llm: LLMSettings = LLMSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
@@ -57,6 +62,8 @@ def produce_dataset(
     tar: str = "64D1",
     variants: list[str] = ["vstar"],  # noqa: B006  (Prefect parameters: a literal default for the schema)
     gpu_slots: int = 1,
+    shards: int = 1,
+    shard_deployment: str | None = None,
     model: ModelSettings = ModelSettings(),
     llm: LLMSettings = LLMSettings(),
     evaluation: EvaluationSettings = EvaluationSettings(),
@@ -93,12 +100,17 @@ def produce_dataset(
     write_rows(run, "synopses", synopsis_rows)
 
     jobs = plan_jobs(entries, synopsis_rows, p)
-    generated = [generate_sample.submit(job, run, gpu_limit) for job in jobs]
-    wait(generated)
-    samples = [
-        future.result() if future.state.is_completed() else sample_failure_row(job, run, future.state)
-        for job, future in zip(jobs, generated)
-    ]
+    if p.shard_deployment:
+        parts = split_jobs(jobs, p.shards)
+        shard_runs = [run_shard.submit(p.shard_deployment, part, run, i, gpu_limit) for i, part in enumerate(parts)]
+        samples = [row for future in shard_runs for row in future.result()]
+    else:
+        generated = [generate_sample.submit(job, run, gpu_limit) for job in jobs]
+        wait(generated)
+        samples = [
+            future.result() if future.state.is_completed() else sample_failure_row(job, run, future.state)
+            for job, future in zip(jobs, generated)
+        ]
     write_rows(run, "samples", samples)
 
     scored = []  # (sample, similarity matrix)
@@ -122,5 +134,5 @@ def produce_dataset(
         "samples_failed": sum(sample["status"] != "ok" for sample in samples),
     }
     finish_run(run, p.model_dump(mode="json"), counts, created_at, p.catalog, failures)
-    logger.info("run %s finished: %d videos, %s", run.run_id, len(samples), failures)
+    logger.info("run %s finished: %d videos; failures %s", run.run_id, len(samples), failures)
     return run.run_dir
