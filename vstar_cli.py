@@ -70,12 +70,12 @@ def _prefect_console():
     return None
 
 
-def _checked_catalog(path: str):
+def _checked_catalog(path: str, max_frames: int = 256):
     from tasks.catalogs import read_catalog_checked
     from vstar_data.catalog import CatalogError
 
     try:
-        return read_catalog_checked(path)
+        return read_catalog_checked(path, max_frames=max_frames)
     except CatalogError as error:
         _fail(f"invalid catalog:\n{error}")
 
@@ -87,6 +87,7 @@ def produce(
     model: str = typer.Option("tiny", help="model preset: tiny, modelscope, zeroscope, animatediff"),
     model_path: Optional[str] = typer.Option(None, help="local directory of the model's weights"),
     frames: Optional[int] = typer.Option(None, min=1, help="frames per video (default: the preset's)"),
+    max_frames: int = typer.Option(256, min=1, help="largest frames a catalog entry may ask for"),
     samples: int = typer.Option(1, min=1, help="videos per prompt (seeds seed, seed+1, …)"),
     seed: int = typer.Option(0, min=0),
     tar: str = typer.Option("64D1", help="TAR preset, e.g. 64D1, 64D4, 64D1_32D8, off"),
@@ -109,7 +110,7 @@ def produce(
     gpu_slots: int = typer.Option(1, min=1, help="videos generated at once"),
 ) -> None:
     """Run the produce-dataset flow (Prefect's ephemeral API unless PREFECT_API_URL is set)."""
-    entries = _checked_catalog(catalog)  # before Prefect starts or anything is written
+    entries = _checked_catalog(catalog, max_frames)  # before Prefect starts or anything is written
     from flows.produce import produce_dataset
     from tasks.evaluate import EvaluationSettings
     from tasks.jobs import ModelSettings
@@ -122,6 +123,7 @@ def produce(
                 catalog=catalog,
                 output_root=out,
                 frames=frames,
+                max_frames=max_frames,
                 samples_per_prompt=samples,
                 seed=seed,
                 tar=tar,

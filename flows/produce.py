@@ -31,6 +31,7 @@ class ProduceParameters(BaseModel):
     catalog: str = Field(description="catalog file or URL (YAML, JSON, CSV or Parquet)")
     output_root: str = Field("./outputs", description="local path or fsspec URL; runs go under runs/<run_id>/")
     frames: int | None = Field(None, ge=1, description="frames per video (default: the model preset's)")
+    max_frames: int = Field(256, ge=1, description="largest frames a catalog entry may ask for")
     samples_per_prompt: int = Field(1, ge=1)
     seed: int = Field(0, ge=0, description="first seed; an entry's samples use seed, seed+1, …")
     tar: str = Field("64D1", description="TAR preset (64D1, 64D4, 64D1_32D8, off) or e.g. '64D2_32D8'")
@@ -57,6 +58,7 @@ def produce_dataset(
     catalog: str,
     output_root: str = "./outputs",
     frames: int | None = None,
+    max_frames: int = 256,
     samples_per_prompt: int = 1,
     seed: int = 0,
     tar: str = "64D1",
@@ -75,7 +77,7 @@ def produce_dataset(
     """
     p = ProduceParameters(**{name: value for name, value in locals().items()})
     logger = get_run_logger()
-    entries = read_catalog(p.catalog)  # a bad catalog stops the run before anything is written
+    entries = read_catalog(p.catalog, p.max_frames)  # a bad catalog stops the run before anything is written
     metric = check_evaluation(p.evaluation)  # so do missing metric weights
     if p.evaluation.reference:
         check_reference(p.evaluation.reference, metric)  # and an unusable reference

@@ -20,6 +20,6 @@ def read_catalog_checked(path_or_url: str, *, max_frames: int = 256) -> Catalog:
 
 
 @task(task_run_name="read-catalog")
-def read_catalog(path_or_url: str) -> list[CatalogEntry]:
+def read_catalog(path_or_url: str, max_frames: int = 256) -> list[CatalogEntry]:
     # A list, not the Catalog: Prefect walks pydantic results as dicts, and Catalog iterates entries.
-    return list(read_catalog_checked(path_or_url).entries)
+    return list(read_catalog_checked(path_or_url, max_frames=max_frames).entries)

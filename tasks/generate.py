@@ -14,9 +14,10 @@ from pydantic import BaseModel, ConfigDict
 
 from tasks.models import cached_backbone
 from tasks.progress import report
+from tasks.retries import retry_unless
 from vstar_data.keys import sample_key
 from vstar_data.runs import CachePaths, RunPaths
-from vstar_data.storage import exists, read_bytes, write_bytes_atomic
+from vstar_data.storage import StorageError, exists, read_bytes, write_bytes_atomic
 from vstar_model.backbones import get_preset, pick_device, resolve_location
 from vstar_model.sampling import SamplingConfig, generate_video
 from vstar_model.video_writer import encode_mp4, frame_strip
@@ -148,6 +149,7 @@ def produce_sample(
     task_run_name="generate-{job.entry_id}-s{job.seed}-{job.variant}",
     retries=1,
     retry_delay_seconds=2,
+    retry_condition_fn=retry_unless(FloatingPointError, StorageError),
 )
 def generate_sample(job: SampleJob, run: RunPaths, concurrency_limit: str | None = None) -> dict:
     """Thin Prefect task: hold a GPU slot, generate or reuse, log progress."""

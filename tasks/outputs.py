@@ -10,17 +10,19 @@ import numpy as np
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from tasks.retries import retry_unless
 from vstar_data.manifest import append_run_index, build_manifest, write_manifest
 from vstar_data.runs import RunPaths
 from vstar_data.schemas import METRICS_SCHEMA, SAMPLES_SCHEMA, SYNOPSES_SCHEMA, write_table
 from vstar_data.keys import content_key
-from vstar_data.storage import exists, join, read_bytes, write_bytes_atomic
+from vstar_data.storage import StorageError, exists, join, read_bytes, write_bytes_atomic
 
 PLOT_NAMES = ("similarity_matrices.png", "interval_similarity.png")
 _TABLES = {"synopses": SYNOPSES_SCHEMA, "samples": SAMPLES_SCHEMA, "metrics": METRICS_SCHEMA}
 
 
-@task(task_run_name="write-{name}", retries=2, retry_delay_seconds=[1, 5])
+@task(task_run_name="write-{name}", retries=2, retry_delay_seconds=[1, 5],
+      retry_condition_fn=retry_unless(StorageError))
 def write_rows(run: RunPaths, name: str, rows: list[dict]) -> str:
     url = getattr(run, name)
     write_table(url, [{**row, "run_id": run.run_id} for row in rows], _TABLES[name], run_id=run.run_id)
@@ -55,7 +57,8 @@ def render_plots(scored: list[tuple[dict, list]], metric: str | None, reference:
     }
 
 
-@task(task_run_name="write-plots", retries=2, retry_delay_seconds=[1, 5])
+@task(task_run_name="write-plots", retries=2, retry_delay_seconds=[1, 5],
+      retry_condition_fn=retry_unless(StorageError))
 def write_plots(
     run: RunPaths, scored: list[tuple[dict, list]], metric: str | None, reference: str | None = None
 ) -> list[str]:
@@ -81,7 +84,8 @@ def write_plots(
     return written
 
 
-@task(task_run_name="write-manifest", retries=2, retry_delay_seconds=[1, 5])
+@task(task_run_name="write-manifest", retries=2, retry_delay_seconds=[1, 5],
+      retry_condition_fn=retry_unless(StorageError))
 def finish_run(run: RunPaths, parameters: dict, row_counts: dict[str, int], created_at: datetime,
                catalog: str, failures: dict[str, int]) -> str:
     """Manifest last (it lists every file written before it), then the run's index entry.
@@ -108,7 +112,8 @@ def finish_run(run: RunPaths, parameters: dict, row_counts: dict[str, int], crea
     return url
 
 
-@task(task_run_name="write-directory-manifest", retries=2, retry_delay_seconds=[1, 5])
+@task(task_run_name="write-directory-manifest", retries=2, retry_delay_seconds=[1, 5],
+      retry_condition_fn=retry_unless(StorageError))
 def write_directory_manifest(directory: str, version_id: str, parameters: dict, row_counts: dict,
                              created_at: datetime) -> str:
     """The manifest of a versioned directory other than a run (a reference, an analysis), written last."""

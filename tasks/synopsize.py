@@ -11,7 +11,8 @@ from pydantic import BaseModel, ConfigDict
 from vstar_data.catalog import CatalogEntry
 from vstar_data.keys import synopsis_key
 from vstar_data.runs import CachePaths
-from vstar_data.storage import exists, read_bytes, write_bytes_atomic
+from tasks.retries import retry_unless
+from vstar_data.storage import StorageError, exists, read_bytes, write_bytes_atomic
 
 
 class LLMSettings(BaseModel):
@@ -83,7 +84,8 @@ def make_synopsis(entry: CatalogEntry, *, vsp: bool, llm: LLMSettings, num_frame
     return synopsis_row(entry, states, "llm", llm=llm, key=key, latency=time.perf_counter() - start)
 
 
-@task(task_run_name="synopsize-{entry.id}", retries=2, retry_delay_seconds=[1, 5])
+@task(task_run_name="synopsize-{entry.id}", retries=2, retry_delay_seconds=[1, 5],
+      retry_condition_fn=retry_unless(SynopsisFailed, StorageError))
 def synopsize_entry(entry: CatalogEntry, vsp: bool, llm: LLMSettings, num_frames: int,
                     output_root: str, concurrency_limit: str | None = None) -> dict:
     """Thin Prefect task around :func:`make_synopsis`, holding one LLM slot while it calls."""
