@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -24,10 +25,25 @@ CATALOG = """\
 """
 
 
-def test_two_simultaneous_runs_into_one_root_both_complete_intact(tiny_model_dir, tmp_path):
+def test_two_simultaneous_runs_into_one_root_both_complete_intact(tiny_model_dir, tmp_path, monkeypatch):
     catalog = tmp_path / "catalog.yaml"
     catalog.write_text(CATALOG)
     root = str(tmp_path / "out")
+    # Each run's first video waits for the other run's: both are inside generation at once,
+    # whatever the scheduling (a timeout here means the runs were serialised).
+    from tasks import generate
+
+    real, meeting, seen, lock = generate.produce_sample, threading.Barrier(2, timeout=120), set(), threading.Lock()
+
+    def meet_then_produce(job, run, *args, **kwargs):
+        with lock:
+            first = run.run_id not in seen
+            seen.add(run.run_id)
+        if first:
+            meeting.wait()
+        return real(job, run, *args, **kwargs)
+
+    monkeypatch.setattr("tasks.generate.produce_sample", meet_then_produce)
     # Same catalog and seeds: both runs race for the same cache entries.
     with ThreadPoolExecutor(max_workers=2) as pool:
         run_dirs = list(pool.map(lambda _: run_flow(catalog, root, tiny_model_dir), range(2)))
