@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from functools import partial
 
 from prefect import flow, get_run_logger
-from prefect.futures import wait
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -13,12 +13,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from tasks.catalogs import read_catalog
 from tasks.evaluate import EvaluationSettings, check_evaluation, evaluate_sample
 from tasks.generate import generate_sample
-from tasks.jobs import ModelSettings, entry_frames, failure_reason, plan_jobs, sample_failure_row
+from tasks.jobs import ModelSettings, entry_frames, plan_jobs, results_or_failures, sample_failure_row
 from tasks.limits import ensure_concurrency_limit
 from tasks.reference import check_reference, compare_with_reference
 from tasks.shards import run_shard, split_jobs
 from tasks.outputs import finish_run, publish_artifacts, write_plots, write_rows
-from tasks.synopsize import LLMSettings, synopsis_row, synopsize_entry
+from tasks.synopsize import LLMSettings, failed_synopsis_row, synopsize_entry
 from vstar_data.runs import RunPaths, new_run_id
 from vstar_model.sampling import VARIANTS
 
@@ -87,18 +87,12 @@ def produce_dataset(
 
     llm_limit = ensure_concurrency_limit("vstar-llm", p.llm.concurrency)
     gpu_limit = ensure_concurrency_limit("vstar-gpu", p.gpu_slots)
-    synopses = {
-        entry.id: synopsize_entry.submit(
-            entry, p.uses_vsp(), p.llm, entry_frames(entry, p.frames, p.model), p.output_root, llm_limit
-        )
+    synopses = [
+        synopsize_entry.submit(entry, p.uses_vsp(), p.llm, entry_frames(entry, p.frames, p.model), p.output_root,
+                               llm_limit)
         for entry in entries
-    }
-    wait(list(synopses.values()))
-    synopsis_rows = [
-        future.result() if future.state.is_completed()
-        else synopsis_row(entry, [entry.prompt], "failed", llm=p.llm, key=None, error=failure_reason(future.state))
-        for entry, future in zip(entries, synopses.values())
     ]
+    synopsis_rows = results_or_failures(synopses, entries, partial(failed_synopsis_row, llm=p.llm))
     write_rows(run, "synopses", synopsis_rows)
 
     jobs = plan_jobs(entries, synopsis_rows, p)
@@ -108,11 +102,7 @@ def produce_dataset(
         samples = [row for future in shard_runs for row in future.result()]
     else:
         generated = [generate_sample.submit(job, run, gpu_limit) for job in jobs]
-        wait(generated)
-        samples = [
-            future.result() if future.state.is_completed() else sample_failure_row(job, run, future.state)
-            for job, future in zip(jobs, generated)
-        ]
+        samples = results_or_failures(generated, jobs, partial(sample_failure_row, run=run))
     write_rows(run, "samples", samples)
 
     scored = []  # (sample, similarity matrix)
@@ -129,12 +119,5 @@ def produce_dataset(
     plots = write_plots(run, scored, metric, p.evaluation.reference)
     publish_artifacts(run, samples, metrics, plots)
 
-    counts = {"synopses": len(synopsis_rows), "samples": len(samples), "metrics": len(metrics)}
-    failures = {
-        "synopses_fallback": sum(row["source"] == "fallback" for row in synopsis_rows),
-        "synopses_failed": sum(row["source"] == "failed" for row in synopsis_rows),
-        "samples_failed": sum(sample["status"] != "ok" for sample in samples),
-    }
-    finish_run(run, p.model_dump(mode="json"), counts, created_at, p.catalog, failures)
-    logger.info("run %s finished: %d videos; failures %s", run.run_id, len(samples), failures)
+    finish_run(run, p.model_dump(mode="json"), created_at, p.catalog, synopsis_rows, samples, metrics)
     return run.run_dir

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from prefect import flow
-from prefect.futures import wait
 
 from tasks.generate import SampleJob, generate_sample
-from tasks.jobs import sample_failure_row
+from tasks.jobs import results_or_failures, sample_failure_row
 from tasks.shards import write_shard_rows
 from vstar_data.runs import RunPaths
 
@@ -17,10 +18,6 @@ def generate_shard(jobs: list[SampleJob], output_root: str, run_id: str, shard: 
     """Generate (or reuse) ``jobs`` into run ``run_id`` and write their samples rows for the parent."""
     run = RunPaths(output_root, run_id)
     generated = [generate_sample.submit(job, run, concurrency_limit) for job in jobs]
-    wait(generated)
-    rows = [
-        future.result() if future.state.is_completed() else sample_failure_row(job, run, future.state)
-        for job, future in zip(jobs, generated)
-    ]
+    rows = results_or_failures(generated, jobs, partial(sample_failure_row, run=run))
     write_shard_rows(run, shard, rows)
     return len(rows)

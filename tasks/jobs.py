@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
+from typing import Any
 
+from prefect.futures import wait
 from pydantic import BaseModel, ConfigDict
 
 from tasks.generate import SampleJob, sample_row
@@ -79,6 +82,12 @@ def plan_jobs(entries: list[CatalogEntry], synopses: list[dict], parameters) -> 
     return jobs
 
 
+def results_or_failures(futures: list, items: list, failed: Callable[[Any, Any], dict]) -> list[dict]:
+    """Each future's result, or ``failed(item, state)`` for a future whose task failed for good."""
+    wait(futures)
+    return [f.result() if f.state.is_completed() else failed(item, f.state) for item, f in zip(items, futures)]
+
+
 def failure_reason(state) -> str:
     """A one-line reason from a failed Prefect state."""
     try:
@@ -88,5 +97,5 @@ def failure_reason(state) -> str:
     return state.message or state.name
 
 
-def sample_failure_row(job: SampleJob, run: RunPaths, state) -> dict:
+def sample_failure_row(job: SampleJob, state, *, run: RunPaths) -> dict:
     return sample_row(job, run, job.key(), None, error=failure_reason(state))

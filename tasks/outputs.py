@@ -7,7 +7,7 @@ import json
 from datetime import datetime, timezone
 
 import numpy as np
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks.retries import retry_unless
@@ -86,14 +86,20 @@ def write_plots(
 
 @task(task_run_name="write-manifest", retries=2, retry_delay_seconds=[1, 5],
       retry_condition_fn=retry_unless(StorageError))
-def finish_run(run: RunPaths, parameters: dict, row_counts: dict[str, int], created_at: datetime,
-               catalog: str, failures: dict[str, int]) -> str:
+def finish_run(run: RunPaths, parameters: dict, created_at: datetime, catalog: str,
+               synopses: list[dict], samples: list[dict], metrics: list[dict]) -> str:
     """Manifest last (it lists every file written before it), then the run's index entry.
 
-    ``failures`` counts ``synopses_fallback`` (plain prompt instead of an LLM synopsis),
-    ``synopses_failed`` (entries left out) and ``samples_failed``; the manifest records them
-    and the run is "partial" when an entry or a video failed.
+    The manifest counts rows and failures: ``synopses_fallback`` (plain prompt instead of an LLM
+    synopsis), ``synopses_failed`` (entries left out) and ``samples_failed``; the run is
+    "partial" when an entry or a video failed.
     """
+    row_counts = {"synopses": len(synopses), "samples": len(samples), "metrics": len(metrics)}
+    failures = {
+        "synopses_fallback": sum(row["source"] == "fallback" for row in synopses),
+        "synopses_failed": sum(row["source"] == "failed" for row in synopses),
+        "samples_failed": sum(sample["status"] != "ok" for sample in samples),
+    }
     finished = datetime.now(timezone.utc)
     manifest = build_manifest(run.run_dir, run.run_id, parameters=parameters, row_counts=row_counts,
                               created_at=created_at, finished_at=finished)
@@ -109,6 +115,7 @@ def finish_run(run: RunPaths, parameters: dict, row_counts: dict[str, int], crea
         "parameters_json": json.dumps(parameters, sort_keys=True),
         "manifest_uri": url,
     })
+    get_run_logger().info("run %s finished: %d videos; failures %s", run.run_id, len(samples), failures)
     return url
 
 

@@ -51,6 +51,13 @@ def synopsis_row(entry: CatalogEntry, states: list[str], source: str, *, llm: LL
     }
 
 
+def failed_synopsis_row(entry: CatalogEntry, state, *, llm: LLMSettings) -> dict:
+    """The synopses row of an entry left out because its synopsis failed (``on_failure="fail"``)."""
+    from tasks.jobs import failure_reason
+
+    return synopsis_row(entry, [entry.prompt], "failed", llm=llm, key=None, error=failure_reason(state))
+
+
 def make_synopsis(entry: CatalogEntry, *, vsp: bool, llm: LLMSettings, num_frames: int,
                   output_root: str) -> dict:
     """The synopsis row of ``entry`` (without run id): catalog states, cached or fresh LLM states,
