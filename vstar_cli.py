@@ -142,25 +142,32 @@ def produce(
 
 @app.command()
 def evaluate(
-    videos: str = typer.Argument(..., help="folder or bucket prefix of real clips (mp4, gif, folders of frames)"),
+    source: str = typer.Argument(
+        ..., help="a run directory (…/runs/<run_id>) to score again, or a folder/bucket of real clips"
+    ),
     out: str = typer.Option("./outputs", "--out", help="output root: local path or fsspec URL"),
     name: str = typer.Option("real", help="reference name (references/<name>/<id>/)"),
     frames: int = typer.Option(16, min=2, help="frames each clip is resampled to (match your runs)"),
     metric: str = typer.Option("dreamsim_ensemble", help="dreamsim_<type> or pixel_cosine"),
     fallback_metric: Optional[str] = typer.Option(None, help="metric to use when DreamSim weights are missing"),
     dreamsim_cache: Optional[str] = typer.Option(None, help="DreamSim weights folder"),
+    reference: Optional[str] = typer.Option(None, help="with a run directory: a reference to compare with"),
 ) -> None:
-    """Score real clips into a versioned reference distribution; prints its directory (pass it to
-    `vstar produce --reference`)."""
-    from flows.evaluate import build_reference
+    """Real clips → a versioned reference distribution (pass it to `vstar produce --reference`);
+    a run directory → its videos scored again into evaluations/<id>/. Prints the new directory."""
+    from flows.evaluate import build_reference, evaluate_run
     from tasks.evaluate import EvaluationSettings
+    from vstar_data.storage import exists, join
     from vstar_model.dreamsim_weights import DreamSimWeightsMissing
 
+    settings = EvaluationSettings(metric=metric, fallback=fallback_metric, cache_dir=dreamsim_cache,
+                                  reference=reference)
     try:
-        directory = build_reference(
-            videos=videos, output_root=out, name=name, num_frames=frames,
-            evaluation=EvaluationSettings(metric=metric, fallback=fallback_metric, cache_dir=dreamsim_cache),
-        )
+        if exists(join(source, "samples.parquet")):
+            directory = evaluate_run(run_dir=source, evaluation=settings)
+        else:
+            directory = build_reference(videos=source, output_root=out, name=name, num_frames=frames,
+                                        evaluation=settings)
     except DreamSimWeightsMissing as error:
         _fail(f"{error}\n(or pass --fallback-metric pixel_cosine)")
     except (FileNotFoundError, ValueError) as error:

@@ -1,4 +1,5 @@
-"""Flow ``build-reference``: a folder or bucket of real clips → a versioned reference distribution."""
+"""Evaluation flows: ``build-reference`` (real clips → a versioned reference distribution) and
+``evaluate-run`` (an existing run's videos scored again, optionally against a reference)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,16 @@ from datetime import datetime, timezone
 
 from prefect import flow, get_run_logger
 
-from tasks.evaluate import EvaluationSettings
-from tasks.outputs import write_directory_manifest
-from tasks.reference import reference_metric, reference_rows, score_clip, write_reference
+from tasks.evaluate import EvaluationSettings, check_evaluation, evaluate_sample, read_run_samples
+from tasks.outputs import publish_plots, write_directory_manifest, write_plots, write_rows
+from tasks.reference import (
+    check_reference,
+    compare_with_reference,
+    reference_metric,
+    reference_rows,
+    score_clip,
+    write_reference,
+)
 from vstar_data.runs import new_run_id
 from vstar_data.storage import join
 from vstar_model.video_io import list_clips
@@ -40,4 +48,37 @@ def build_reference(
                   "evaluation": evaluation.model_dump(mode="json")}
     write_directory_manifest(directory, reference_id, parameters, {"reference": len(rows), "clips": len(clips)}, created_at)
     logger.info("reference %s: %d clips, %s → %s", reference_id, len(clips), metric, directory)
+    return directory
+
+
+@flow(name="evaluate-run")
+def evaluate_run(run_dir: str, evaluation: EvaluationSettings = EvaluationSettings()) -> str:
+    """Score an existing production run's videos again — another metric, or against a reference —
+    into ``<output_root>/evaluations/<id>/`` (metrics.parquet, plots, manifest). The run itself is
+    left as it is. Returns the evaluation directory."""
+    logger = get_run_logger()
+    run_id, output_root, samples = read_run_samples(run_dir)
+    metric = check_evaluation(evaluation)
+    if metric is None:
+        raise ValueError("evaluate-run needs a metric: evaluation.metric may not be 'none'")
+    if evaluation.reference:
+        check_reference(evaluation.reference, metric)
+    evaluation_id = new_run_id()
+    directory = join(output_root, "evaluations", evaluation_id)
+    created_at = datetime.now(timezone.utc)
+    futures = [evaluate_sample.submit(sample, evaluation, output_root) for sample in samples]
+    scored, metrics = [], []
+    for sample, future in zip(samples, futures):
+        rows, matrix = future.result()
+        metrics += rows
+        scored.append((sample, matrix))
+    if evaluation.reference and scored:
+        metrics += compare_with_reference(run_id, scored, evaluation.reference, metric)
+    write_rows(join(directory, "metrics.parquet"), "metrics", metrics, run_id)
+    plots = write_plots(output_root, join(directory, "plots"), scored, metric, evaluation.reference)
+    publish_plots(f"vstar evaluation {evaluation_id} of run {run_id}", directory, plots)
+    parameters = {"run_dir": run_dir, "evaluation": evaluation.model_dump(mode="json")}
+    write_directory_manifest(directory, evaluation_id, parameters, {"metrics": len(metrics)}, created_at)
+    logger.info("evaluation %s of run %s: %d videos with %s → %s", evaluation_id, run_id, len(samples), metric,
+                directory)
     return directory

@@ -93,7 +93,7 @@ def produce_dataset(
         for entry in entries
     ]
     synopsis_rows = results_or_failures(synopses, entries, partial(failed_synopsis_row, llm=p.llm))
-    write_rows(run, "synopses", synopsis_rows)
+    write_rows(run.synopses, "synopses", synopsis_rows, run.run_id)
 
     jobs = plan_jobs(entries, synopsis_rows, p)
     if p.shard_deployment:
@@ -103,7 +103,7 @@ def produce_dataset(
     else:
         generated = [generate_sample.submit(job, run, gpu_limit) for job in jobs]
         samples = results_or_failures(generated, jobs, partial(sample_failure_row, run=run))
-    write_rows(run, "samples", samples)
+    write_rows(run.samples, "samples", samples, run.run_id)
 
     scored = []  # (sample, similarity matrix)
     metrics = []
@@ -115,8 +115,8 @@ def produce_dataset(
             scored.append((sample, matrix))
     if p.evaluation.reference and scored:
         metrics.extend(compare_with_reference(run.run_id, scored, p.evaluation.reference, metric))
-    write_rows(run, "metrics", metrics)
-    plots = write_plots(run, scored, metric, p.evaluation.reference)
+    write_rows(run.metrics, "metrics", metrics, run.run_id)
+    plots = write_plots(run.output_root, run.plots_dir, scored, metric, p.evaluation.reference)
     publish_artifacts(run, samples, metrics, plots)
 
     finish_run(run, p.model_dump(mode="json"), created_at, p.catalog, synopsis_rows, samples, metrics)

@@ -38,6 +38,20 @@ def check_evaluation(settings: EvaluationSettings) -> str | None:
     ).metric
 
 
+@task(task_run_name="read-run-samples", retries=2, retry_delay_seconds=[1, 5])
+def read_run_samples(run_dir: str) -> tuple[str, str, list[dict]]:
+    """(run id, output root, its ok samples rows) of an existing run directory."""
+    from vstar_data.schemas import read_table, table_run_id
+    from vstar_data.storage import join
+
+    table = read_table(join(run_dir, "samples.parquet"))
+    run_id = table_run_id(table)
+    output_root, separator, _ = run_dir.rstrip("/").rpartition("/runs/")
+    if not separator or run_id is None:
+        raise ValueError(f"{run_dir} is not a run directory (<output_root>/runs/<run_id>/ with samples.parquet)")
+    return run_id, output_root, [row for row in table.to_pylist() if row["status"] == "ok"]
+
+
 def score_video(video_uri: str, settings: EvaluationSettings) -> tuple[str, "torch.Tensor"]:  # noqa: F821
     """(metric name, N×N similarity matrix) of one video file."""
     from vstar_model.evaluation import similarity_matrix

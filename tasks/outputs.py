@@ -23,9 +23,9 @@ _TABLES = {"synopses": SYNOPSES_SCHEMA, "samples": SAMPLES_SCHEMA, "metrics": ME
 
 @task(task_run_name="write-{name}", retries=2, retry_delay_seconds=[1, 5],
       retry_condition_fn=retry_unless(StorageError))
-def write_rows(run: RunPaths, name: str, rows: list[dict]) -> str:
-    url = getattr(run, name)
-    write_table(url, [{**row, "run_id": run.run_id} for row in rows], _TABLES[name], run_id=run.run_id)
+def write_rows(url: str, name: str, rows: list[dict], run_id: str) -> str:
+    """``rows`` as the ``name`` table (synopses, samples, metrics) of run ``run_id`` at ``url``."""
+    write_table(url, [{**row, "run_id": run_id} for row in rows], _TABLES[name], run_id=run_id)
     return url
 
 
@@ -60,9 +60,11 @@ def render_plots(scored: list[tuple[dict, list]], metric: str | None, reference:
 @task(task_run_name="write-plots", retries=2, retry_delay_seconds=[1, 5],
       retry_condition_fn=retry_unless(StorageError))
 def write_plots(
-    run: RunPaths, scored: list[tuple[dict, list]], metric: str | None, reference: str | None = None
+    output_root: str, plots_dir: str, scored: list[tuple[dict, list]], metric: str | None,
+    reference: str | None = None,
 ) -> list[str]:
-    """The run's plots; the same scores give the same plots, so they are cached like videos."""
+    """Plots of scored videos into ``plots_dir``; the same scores give the same plots, so they are
+    cached under ``output_root`` like videos."""
     if not scored:
         return []
     key = content_key("plots", {
@@ -70,7 +72,7 @@ def write_plots(
         "reference": reference,
         "videos": [[s["catalog_id"], s["seed"], s.get("variant"), matrix] for s, matrix in scored],
     })
-    cached = {name: join(run.output_root, "cache", "plots", f"{key}__{name}") for name in PLOT_NAMES}
+    cached = {name: join(output_root, "cache", "plots", f"{key}__{name}") for name in PLOT_NAMES}
     if all(exists(url) for url in cached.values()):
         images = {name: read_bytes(url) for name, url in cached.items()}
     else:
@@ -79,7 +81,7 @@ def write_plots(
             write_bytes_atomic(cached[name], data)
     written = []
     for name, data in images.items():
-        written.append(join(run.plots_dir, name))
+        written.append(join(plots_dir, name))
         write_bytes_atomic(written[-1], data)
     return written
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from flows.evaluate import build_reference
+from flows.evaluate import build_reference, evaluate_run
 from flows.produce import produce_dataset
 from tasks.evaluate import EvaluationSettings
 from tasks.jobs import ModelSettings
@@ -70,6 +70,16 @@ def test_reference_from_real_clips_and_comparison_in_a_run(real_clips, tmp_path,
     overall = next(m["value"] for m in compared if m["variant"] == "vstar" and m["k"] == -1)
     assert overall == pytest.approx(sum(m["value"] for m in per_k) / 7)
     assert all(m["sample_key"] is None for m in compared)
+
+    # The same run scored again later, apart from the run itself (which stays as it was).
+    evaluation = evaluate_run(run_dir=run_dir, evaluation=EvaluationSettings(metric="pixel_cosine",
+                                                                            reference=reference))
+    assert "/evaluations/" in evaluation
+    again = read_table(f"{evaluation}/metrics.parquet").to_pylist()
+    key = lambda m: (m["sample_key"] or "", m["variant"] or "", m["k"], m["name"])  # noqa: E731
+    assert sorted(map(key, again)) == sorted(map(key, metrics))
+    assert {m["run_id"] for m in again} == {run_dir.rsplit("/", 1)[-1]}
+    assert verify_manifest(evaluation) == [] and verify_manifest(run_dir) == []
 
 
 def test_a_reference_scored_with_another_metric_is_refused_before_any_work(real_clips, tmp_path, tiny_model_dir,
