@@ -23,32 +23,10 @@ import time
 import torch
 
 import vstar_model  # noqa: F401  (torchvision compat before diffusers)
+from tar_overhead import _synchronize, build_unet  # the same "mid" UNet as the TAR benchmark
 from vstar_model.analysis import capture_attention
 
 MODES = ("off", "idle", "recording")
-
-
-def build_unet(device: torch.device, dtype: torch.dtype):
-    """The "mid" UNet of benchmarks/tar_overhead.py: (64, 128, 256, 256), head dim 64."""
-    from diffusers import UNet3DConditionModel
-
-    torch.manual_seed(0)
-    unet = UNet3DConditionModel(
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(64, 128, 256, 256),
-        layers_per_block=1,
-        cross_attention_dim=256,
-        attention_head_dim=64,
-        norm_num_groups=32,
-    )
-    return unet.to(device=device, dtype=dtype).eval()
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main() -> None:
@@ -65,7 +43,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    unet = build_unet(device, dtype)
+    unet = build_unet("mid", device, dtype)
     generator = torch.Generator("cpu").manual_seed(0)
     latents = torch.randn(2, 4, args.frames, 16, 16, generator=generator).to(device, dtype)
     text = torch.randn(2, 77, 256, generator=generator).to(device, dtype)
