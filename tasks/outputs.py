@@ -17,7 +17,7 @@ from vstar_data.schemas import METRICS_SCHEMA, SAMPLES_SCHEMA, SYNOPSES_SCHEMA, 
 from vstar_data.keys import content_key
 from vstar_data.storage import StorageError, exists, join, read_bytes, write_bytes_atomic
 
-PLOT_NAMES = ("similarity_matrices.png", "interval_similarity.png")
+PLOT_NAMES = ("similarity_matrices.png", "similarity_mean.png", "interval_similarity.png")
 _TABLES = {"synopses": SYNOPSES_SCHEMA, "samples": SAMPLES_SCHEMA, "metrics": METRICS_SCHEMA}
 
 
@@ -30,22 +30,25 @@ def write_rows(url: str, name: str, rows: list[dict], run_id: str) -> str:
 
 
 def render_plots(scored: list[tuple[dict, list]], metric: str | None, reference: str | None = None) -> dict[str, bytes]:
-    """PNG bytes by file name: similarity heatmaps per video (one colour scale) and the interval
-    distributions of each ablation variant and length side by side (paper Fig. 8 and S.1)."""
+    """PNG bytes by file name: similarity heatmaps per video and averaged per variant (one colour
+    scale each) and the interval distributions of each variant and length (paper Fig. 8 and S.1)."""
     import torch
 
     from vstar_model.evaluation import interval_similarities
     from vstar_model.plots import interval_distribution_png, similarity_heatmaps_png
 
-    arrays, groups = {}, {}
+    arrays, groups, stacks = {}, {}, {}
     for sample, matrix in scored:
         variant = sample.get("variant") or "vstar"
         label = f"{sample['catalog_id']} s{sample['seed']}" + ("" if variant == "vstar" else f" {variant}")
         arrays[label] = np.asarray(matrix)
-        group = groups.setdefault(f"{variant}, {arrays[label].shape[0]} frames", {})
+        name = f"{variant}, {arrays[label].shape[0]} frames"
+        stacks.setdefault(name, []).append(arrays[label])
+        group = groups.setdefault(name, {})
         for k, values in interval_similarities(torch.from_numpy(arrays[label])).items():
             group.setdefault(k, []).extend(values.tolist())
     methods = {name: {k: np.asarray(v) for k, v in ks.items()} for name, ks in groups.items()}
+    means = {f"mean: {name}": np.mean(stack, axis=0) for name, stack in stacks.items()}
     if reference:
         from tasks.reference import load_reference
 
@@ -53,6 +56,8 @@ def render_plots(scored: list[tuple[dict, list]], metric: str | None, reference:
         methods = {"real (reference)": {k: v.numpy() for k, v in real.items()}, **methods}
     return {
         "similarity_matrices.png": similarity_heatmaps_png(arrays, title=f"inter-frame similarity ({metric})"),
+        # Averaged per variant and length on one colour scale: the methods side by side (Fig. 8).
+        "similarity_mean.png": similarity_heatmaps_png(means, title=f"mean inter-frame similarity ({metric})"),
         "interval_similarity.png": interval_distribution_png(methods, title=f"similarity vs interval k ({metric})"),
     }
 

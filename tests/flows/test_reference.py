@@ -13,6 +13,7 @@ from tasks.evaluate import EvaluationSettings
 from tasks.jobs import ModelSettings
 from vstar_data.manifest import verify_manifest
 from vstar_data.schemas import read_table
+from vstar_data.storage import list_files
 from vstar_model.video_writer import encode_mp4
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -70,6 +71,9 @@ def test_reference_from_real_clips_and_comparison_in_a_run(real_clips, tmp_path,
     overall = next(m["value"] for m in compared if m["variant"] == "vstar" and m["k"] == -1)
     assert overall == pytest.approx(sum(m["value"] for m in per_k) / 7)
     assert all(m["sample_key"] is None for m in compared)
+    assert {"plots/similarity_matrices.png", "plots/similarity_mean.png", "plots/interval_similarity.png"} <= set(
+        list_files(run_dir)
+    )
 
     # The same run scored again later, apart from the run itself (which stays as it was).
     evaluation = evaluate_run(run_dir=run_dir, evaluation=EvaluationSettings(metric="pixel_cosine",
@@ -118,4 +122,4 @@ def test_run_artifacts_hold_the_sample_table_and_a_summary_with_plots(tmp_path, 
         )
     assert table.type == "table" and "pan" in str(table.data)
     (summary,) = [a for a in flow_run_artifacts if a.type == "markdown"]
-    assert run_id in summary.data and summary.data.count("data:image/png;base64,") == 2
+    assert run_id in summary.data and summary.data.count("data:image/png;base64,") == 3
