@@ -77,7 +77,7 @@ def _checked_catalog(path: str, max_frames: int = 256):
     try:
         return read_catalog_checked(path, max_frames=max_frames)
     except CatalogError as error:
-        _fail(f"invalid catalog:\n{error}")
+        _fail(str(error))
 
 
 @app.command()
