@@ -44,7 +44,9 @@ def read_shard_rows(run: RunPaths, shard: int) -> list[dict] | None:
 
 
 @task(task_run_name="shard-{shard}")
-def run_shard(deployment: str, jobs: list[SampleJob], run: RunPaths, shard: int, concurrency_limit: str) -> list[dict]:
+def run_shard(
+    deployment: str, jobs: list[SampleJob], run: RunPaths, shard: int, concurrency_limit: str | None
+) -> list[dict]:
     """Start the shard's flow run on the deployment's pool, wait for it, and return its rows; a
     shard that died leaves its videos recorded as failed with the flow run's final state."""
     from prefect.deployments import run_deployment
