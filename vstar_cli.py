@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from contextlib import contextmanager
 from typing import Optional
 
 import typer
+
+# The ephemeral Prefect server the CLI starts would otherwise try to send telemetry (and log an
+# error on machines without network); a user's own setting wins.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 app = typer.Typer(help="Long, dynamic text-to-video datasets with VSTAR, orchestrated by Prefect.",
                   no_args_is_help=True, add_completion=False)
@@ -113,10 +118,17 @@ def produce(
     entries = _checked_catalog(catalog, max_frames)  # before Prefect starts or anything is written
     from flows.produce import produce_dataset
     from tasks.evaluate import EvaluationSettings
-    from tasks.jobs import ModelSettings
+    from tasks.jobs import ModelSettings, check_backbones
     from tasks.synopsize import LLMSettings
+    from vstar_model.backbones import BackboneNotFound
     from vstar_model.dreamsim_weights import DreamSimWeightsMissing
 
+    model_settings = ModelSettings(preset=model, path=model_path, device=device, dtype=dtype, steps=steps,
+                                   height=height, width=width)
+    try:
+        check_backbones(list(entries), model_settings)  # missing weights: a message, not a traceback
+    except BackboneNotFound as error:
+        _fail(str(error))
     try:
         with video_progress(_count_videos(entries, samples, len(variant))):
             run_dir = produce_dataset(
@@ -129,14 +141,15 @@ def produce(
                 tar=tar,
                 variants=variant,
                 gpu_slots=gpu_slots,
-                model=ModelSettings(preset=model, path=model_path, device=device, dtype=dtype, steps=steps,
-                                    height=height, width=width),
+                model=model_settings,
                 llm=LLMSettings(model=llm_model, api_base=llm_api_base),
                 evaluation=EvaluationSettings(metric=metric, fallback=fallback_metric, cache_dir=dreamsim_cache,
                                               reference=reference),
             )
     except DreamSimWeightsMissing as error:
         _fail(f"{error}\n(or pass --fallback-metric pixel_cosine / --metric none)")
+    except BackboneNotFound as error:
+        _fail(str(error))
     typer.echo(run_dir)
 
 

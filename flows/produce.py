@@ -13,7 +13,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from tasks.catalogs import read_catalog
 from tasks.evaluate import EvaluationSettings, check_evaluation, evaluate_sample
 from tasks.generate import generate_sample
-from tasks.jobs import ModelSettings, entry_frames, plan_jobs, results_or_failures, sample_failure_row
+from tasks.jobs import (
+    ModelSettings,
+    check_backbones,
+    entry_frames,
+    plan_jobs,
+    results_or_failures,
+    sample_failure_row,
+)
 from tasks.limits import ensure_concurrency_limit
 from tasks.reference import check_reference, compare_with_reference
 from tasks.shards import run_shard, split_jobs
@@ -78,7 +85,8 @@ def produce_dataset(
     p = ProduceParameters(**{name: value for name, value in locals().items()})
     logger = get_run_logger()
     entries = read_catalog(p.catalog, p.max_frames)  # a bad catalog stops the run before anything is written
-    metric = check_evaluation(p.evaluation)  # so do missing metric weights
+    check_backbones(entries, p.model)  # so do missing model weights
+    metric = check_evaluation(p.evaluation)  # and missing metric weights
     if p.evaluation.reference:
         check_reference(p.evaluation.reference, metric)  # and an unusable reference
     run = RunPaths(p.output_root, new_run_id())

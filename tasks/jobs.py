@@ -34,6 +34,15 @@ class ModelSettings(BaseModel):
     negative_prompt: str = ""
 
 
+def check_backbones(entries: list[CatalogEntry], model: ModelSettings) -> None:
+    """Find every backbone the run will use before any work: missing weights stop the run with
+    :class:`~vstar_model.backbones.BackboneNotFound` (preset, places tried, how to download)."""
+    from vstar_model.backbones import resolve_location
+
+    for preset in sorted({entry.model or model.preset for entry in entries}):
+        resolve_location(get_preset(preset), model.path)
+
+
 def entry_frames(entry: CatalogEntry, frames: int | None, model: ModelSettings) -> int:
     return entry.frames or frames or get_preset(entry.model or model.preset).num_frames
 

@@ -1,0 +1,38 @@
+"""The vstar command as a user runs it (subprocesses)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+VSTAR = str(Path(sys.executable).with_name("vstar"))
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _vstar(*args, env=None, tmp_path):
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "HF_HOME": str(tmp_path / "hf"), **(env or {})}
+    return subprocess.run([VSTAR, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_every_command_has_help(tmp_path):
+    for command in (["--help"], ["produce", "--help"], ["evaluate", "--help"], ["analyze", "--help"],
+                    ["runs", "list", "--help"], ["catalog", "validate", "--help"]):
+        result = _vstar(*command, tmp_path=tmp_path)
+        assert result.returncode == 0 and "Usage" in result.stdout, (command, result.stderr)
+
+
+def test_missing_model_weights_give_a_message_not_a_traceback(tmp_path):
+    out = tmp_path / "out"
+    result = _vstar("produce", "catalogs/demo.yaml", "--out", str(out), "--model", "modelscope", "--metric", "none",
+                    env={"HF_HUB_OFFLINE": "1"}, tmp_path=tmp_path)
+    assert result.returncode == 2
+    assert "'modelscope'" in result.stderr and "huggingface-cli download ali-vilab/text-to-video-ms-1.7b" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not out.exists()
+
+
+def test_runs_list_of_an_empty_root(tmp_path):
+    result = _vstar("runs", "list", str(tmp_path / "nothing"), tmp_path=tmp_path)
+    assert result.returncode == 0 and "no runs under" in result.stdout
