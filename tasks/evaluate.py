@@ -29,13 +29,18 @@ class EvaluationSettings(BaseModel):
     reference: str | None = None  # a build-reference output to compare each variant with
 
 
+def settings_embedder(settings: EvaluationSettings):
+    """This process's embedder for ``settings`` (loaded once)."""
+    return cached_embedder(
+        settings.metric, fallback=settings.fallback, cache_dir=settings.cache_dir, device=settings.device
+    )
+
+
 def check_evaluation(settings: EvaluationSettings) -> str | None:
     """Build the embedder once up front (fails fast on missing weights); the metric it measures."""
     if settings.metric == "none":
         return None
-    return cached_embedder(
-        settings.metric, fallback=settings.fallback, cache_dir=settings.cache_dir, device=settings.device
-    ).metric
+    return settings_embedder(settings).metric
 
 
 @task(task_run_name="read-run-samples", retries=2, retry_delay_seconds=[1, 5])
@@ -52,15 +57,16 @@ def read_run_samples(run_dir: str) -> tuple[str, str, list[dict]]:
     return run_id, output_root, [row for row in table.to_pylist() if row["status"] == "ok"]
 
 
-def score_video(video_uri: str, settings: EvaluationSettings) -> tuple[str, "torch.Tensor"]:  # noqa: F821
-    """(metric name, N×N similarity matrix) of one video file."""
+def score_video(
+    video_uri: str, settings: EvaluationSettings, num_frames: int | None = None
+) -> tuple[str, "torch.Tensor"]:  # noqa: F821
+    """(metric name, N×N similarity matrix) of a video file or frame folder, all its frames or
+    ``num_frames`` spread evenly."""
     from vstar_model.evaluation import similarity_matrix
     from vstar_model.video_io import read_video_frames
 
-    embedder = cached_embedder(
-        settings.metric, fallback=settings.fallback, cache_dir=settings.cache_dir, device=settings.device
-    )
-    return embedder.metric, similarity_matrix(embedder.embed(read_video_frames(video_uri)))
+    embedder = settings_embedder(settings)
+    return embedder.metric, similarity_matrix(embedder.embed(read_video_frames(video_uri, num_frames)))
 
 
 def metric_rows(sample: dict, metric: str, matrix) -> list[dict]:

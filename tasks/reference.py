@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
-from tasks.evaluate import EvaluationSettings, check_evaluation
-from tasks.models import cached_embedder
+from tasks.evaluate import EvaluationSettings, check_evaluation, score_video
 from vstar_data.schemas import REFERENCE_SCHEMA, read_table, write_table
 from vstar_data.storage import join
 
@@ -18,14 +17,9 @@ def reference_table_url(reference: str) -> str:
 @task(task_run_name="score-clip-{clip}", retries=1, retry_delay_seconds=2)
 def score_clip(clip: str, num_frames: int, settings: EvaluationSettings) -> tuple[str, list[list[float]]]:
     """(metric, N×N similarity matrix) of a real clip resampled to ``num_frames``."""
-    from vstar_model.evaluation import similarity_matrix
-    from vstar_model.video_io import read_video_frames
-
-    embedder = cached_embedder(settings.metric, fallback=settings.fallback, cache_dir=settings.cache_dir,
-                               device=settings.device)
-    matrix = similarity_matrix(embedder.embed(read_video_frames(clip, num_frames)))
-    get_run_logger().info("%s: %d frames scored with %s", clip, num_frames, embedder.metric)
-    return embedder.metric, matrix.tolist()
+    metric, matrix = score_video(clip, settings, num_frames)
+    get_run_logger().info("%s: %d frames scored with %s", clip, num_frames, metric)
+    return metric, matrix.tolist()
 
 
 def reference_rows(reference_id: str, clips: list[str], scored: list[tuple[str, list]], num_frames: int) -> list[dict]:
