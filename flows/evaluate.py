@@ -7,12 +7,12 @@ from datetime import datetime, timezone
 
 from prefect import flow, get_run_logger
 
-from tasks.evaluate import EvaluationSettings, check_evaluation, evaluate_sample, read_run_samples
+from tasks.evaluate import EvaluationSettings, evaluate_sample, read_run_samples
 from tasks.outputs import publish_plots, write_directory_manifest, write_plots, write_rows
 from tasks.reference import (
     check_reference,
     compare_with_reference,
-    reference_metric,
+    required_metric,
     reference_rows,
     score_clip,
     write_reference,
@@ -37,7 +37,7 @@ def build_reference(
     clips = list_clips(videos)
     if not clips:
         raise ValueError(f"no clips (video files or folders of frames) under {videos}")
-    metric = reference_metric(evaluation)
+    metric = required_metric(evaluation, "a reference")
     reference_id = new_run_id()
     directory = join(output_root, "references", name, reference_id)
     created_at = datetime.now(timezone.utc)
@@ -58,9 +58,7 @@ def evaluate_run(run_dir: str, evaluation: EvaluationSettings = EvaluationSettin
     left as it is. Returns the evaluation directory."""
     logger = get_run_logger()
     run_id, output_root, samples = read_run_samples(run_dir)
-    metric = check_evaluation(evaluation)
-    if metric is None:
-        raise ValueError("evaluate-run needs a metric: evaluation.metric may not be 'none'")
+    metric = required_metric(evaluation, "evaluate-run")
     if evaluation.reference:
         check_reference(evaluation.reference, metric)
     evaluation_id = new_run_id()

@@ -19,10 +19,6 @@ def cached_backbone(preset: str, *, path: str | None, device: str | None, dtype:
         return _backbones[key]
 
 
-def loaded_backbones() -> int:
-    return len(_backbones)
-
-
 _embedders: dict[tuple, object] = {}
 
 

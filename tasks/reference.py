@@ -70,12 +70,7 @@ def comparison_rows(run_id: str, scored: list[tuple[dict, list]], reference: str
 
     from vstar_model.evaluation import compare_to_reference, interval_similarities, pool_intervals
 
-    reference_metric, real = load_reference(reference)
-    if reference_metric != metric:
-        raise ValueError(
-            f"reference {reference} was scored with {reference_metric!r} but this run with {metric!r}; "
-            "build the reference with the same metric"
-        )
+    real = matching_reference(reference, metric)
     by_variant: dict[str, list] = {}
     for sample, matrix in scored:
         by_variant.setdefault(sample.get("variant") or "vstar", []).append(
@@ -95,20 +90,27 @@ def compare_with_reference(run_id: str, scored: list[tuple[dict, list]], referen
     return comparison_rows(run_id, scored, reference, metric)
 
 
-def check_reference(reference: str, metric: str | None) -> None:
-    """Fail before any work if the reference is unreadable or made with another metric."""
+def matching_reference(reference: str, metric: str | None) -> dict[int, "torch.Tensor"]:  # noqa: F821
+    """The reference's pooled similarities per k; an error if it was scored with another metric."""
     if metric is None:
         raise ValueError("evaluation.reference needs a metric: evaluation.metric may not be 'none'")
-    reference_metric_name, _ = load_reference(reference)
-    if reference_metric_name != metric:
+    reference_metric, real = load_reference(reference)
+    if reference_metric != metric:
         raise ValueError(
-            f"reference {reference} was scored with {reference_metric_name!r} but this run scores with "
+            f"reference {reference} was scored with {reference_metric!r} but this run scores with "
             f"{metric!r}; build the reference with the same metric"
         )
+    return real
 
 
-def reference_metric(settings: EvaluationSettings) -> str:
+def check_reference(reference: str, metric: str | None) -> None:
+    """Fail before any work if the reference is unreadable or made with another metric."""
+    matching_reference(reference, metric)
+
+
+def required_metric(settings: EvaluationSettings, purpose: str) -> str:
+    """The metric ``settings`` measure; ``purpose`` (e.g. "a reference") cannot do without one."""
     metric = check_evaluation(settings)
     if metric is None:
-        raise ValueError("a reference needs a metric: evaluation.metric may not be 'none'")
+        raise ValueError(f"{purpose} needs a metric: evaluation.metric may not be 'none'")
     return metric

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -268,6 +268,3 @@ def _revision_of(base: Path) -> str | None:
     """The hub commit of a snapshot directory (``.../snapshots/<sha>``), if it is one."""
     return base.name if base.parent.name == "snapshots" else None
 
-
-def with_overrides(preset: BackbonePreset, **overrides) -> BackbonePreset:
-    return replace(preset, **{k: v for k, v in overrides.items() if v is not None})
