@@ -31,6 +31,20 @@ def _count_videos(catalog, samples: int, variants: int) -> int:
 
 
 @contextmanager
+def local_flow_settings():
+    """Prefect settings for a flow run in this process. Prefect's ephemeral API dies with the
+    process, so nothing would ever read flow-run heartbeats there: they are turned off, which also
+    ends each run up to a second sooner (Prefect joins the heartbeat thread at its next tick)."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    if PREFECT_API_URL.value():
+        yield
+        return
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
+
+
+@contextmanager
 def video_progress(total_videos: int):
     """A terminal bar over the run's videos, fed by the generate tasks' step reports."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -89,7 +103,7 @@ def _checked_catalog(path: str, max_frames: int = 256):
 def produce(
     catalog: str = typer.Argument(..., help="catalog file or URL (YAML, JSON, CSV, Parquet)"),
     out: str = typer.Option("./outputs", "--out", help="output root: local path or fsspec URL"),
-    model: str = typer.Option("tiny", help="model preset: tiny, modelscope, zeroscope, animatediff"),
+    model: str = typer.Option("tiny", help="model preset: tiny, modelscope, zeroscope, videocrafter2, animatediff"),
     model_path: Optional[str] = typer.Option(None, help="local directory of the model's weights"),
     frames: Optional[int] = typer.Option(None, min=1, help="frames per video (default: the preset's)"),
     max_frames: int = typer.Option(256, min=1, help="largest frames a catalog entry may ask for"),
@@ -130,7 +144,7 @@ def produce(
     except BackboneNotFound as error:
         _fail(str(error))
     try:
-        with video_progress(_count_videos(entries, samples, len(variant))):
+        with local_flow_settings(), video_progress(_count_videos(entries, samples, len(variant))):
             run_dir = produce_dataset(
                 catalog=catalog,
                 output_root=out,
@@ -176,11 +190,12 @@ def evaluate(
     settings = EvaluationSettings(metric=metric, fallback=fallback_metric, cache_dir=dreamsim_cache,
                                   reference=reference)
     try:
-        if exists(join(source, "samples.parquet")):
-            directory = evaluate_run(run_dir=source, evaluation=settings)
-        else:
-            directory = build_reference(videos=source, output_root=out, name=name, num_frames=frames,
-                                        evaluation=settings)
+        with local_flow_settings():
+            if exists(join(source, "samples.parquet")):
+                directory = evaluate_run(run_dir=source, evaluation=settings)
+            else:
+                directory = build_reference(videos=source, output_root=out, name=name, num_frames=frames,
+                                            evaluation=settings)
     except DreamSimWeightsMissing as error:
         _fail(f"{error}\n(or pass --fallback-metric pixel_cosine)")
     except (FileNotFoundError, ValueError) as error:
@@ -211,11 +226,12 @@ def analyze(
     from tasks.jobs import ModelSettings
 
     try:
-        directory = analyze_attention(
-            output_root=out, prompt=prompt, states=state or None, frames=frames, conditions=condition,
-            real_videos=real_videos, seed=seed,
-            model=ModelSettings(preset=model, path=model_path, steps=steps, device=device),
-        )
+        with local_flow_settings():
+            directory = analyze_attention(
+                output_root=out, prompt=prompt, states=state or None, frames=frames, conditions=condition,
+                real_videos=real_videos, seed=seed,
+                model=ModelSettings(preset=model, path=model_path, steps=steps, device=device),
+            )
     except (FileNotFoundError, ValueError) as error:
         _fail(str(error))
     typer.echo(directory)

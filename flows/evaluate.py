@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from prefect import flow, get_run_logger
+from prefect.utilities.annotations import quote
 
 from tasks.evaluate import EvaluationSettings, evaluate_sample, read_run_samples
 from tasks.outputs import publish_plots, write_directory_manifest, write_plots, write_rows
@@ -43,7 +44,7 @@ def build_reference(
     created_at = datetime.now(timezone.utc)
     scored = [future.result() for future in [score_clip.submit(c, num_frames, evaluation) for c in clips]]
     rows = reference_rows(reference_id, clips, scored, num_frames)
-    write_reference(directory, reference_id, rows)
+    write_reference(directory, reference_id, quote(rows))
     parameters = {"videos": videos, "name": name, "num_frames": num_frames, "metric": metric,
                   "evaluation": evaluation.model_dump(mode="json")}
     write_directory_manifest(directory, reference_id, parameters, {"reference": len(rows), "clips": len(clips)}, created_at)
@@ -71,9 +72,9 @@ def evaluate_run(run_dir: str, evaluation: EvaluationSettings = EvaluationSettin
         metrics += rows
         scored.append((sample, matrix))
     if evaluation.reference and scored:
-        metrics += compare_with_reference(run_id, scored, evaluation.reference, metric)
-    write_rows(join(directory, "metrics.parquet"), "metrics", metrics, run_id)
-    plots = write_plots(output_root, join(directory, "plots"), scored, metric, evaluation.reference)
+        metrics += compare_with_reference(run_id, quote(scored), evaluation.reference, metric)
+    write_rows(join(directory, "metrics.parquet"), "metrics", quote(metrics), run_id)
+    plots = write_plots(output_root, join(directory, "plots"), quote(scored), metric, evaluation.reference)
     publish_plots(f"vstar evaluation {evaluation_id} of run {run_id}", directory, plots)
     parameters = {"run_dir": run_dir, "evaluation": evaluation.model_dump(mode="json")}
     write_directory_manifest(directory, evaluation_id, parameters, {"metrics": len(metrics)}, created_at)

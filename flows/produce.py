@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 from functools import partial
 
 from prefect import flow, get_run_logger
+from prefect.utilities.annotations import quote
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -100,8 +101,10 @@ def produce_dataset(
                                llm_limit)
         for entry in entries
     ]
+    # Rows and matrices already in memory go to tasks quote()d: Prefect would otherwise walk every
+    # nested value looking for futures, which costs more than the writes on a resumed run.
     synopsis_rows = results_or_failures(synopses, entries, partial(failed_synopsis_row, llm=p.llm))
-    write_rows(run.synopses, "synopses", synopsis_rows, run.run_id)
+    write_rows(run.synopses, "synopses", quote(synopsis_rows), run.run_id)
 
     jobs = plan_jobs(entries, synopsis_rows, p)
     if p.shard_deployment:
@@ -111,7 +114,7 @@ def produce_dataset(
     else:
         generated = [generate_sample.submit(job, run, gpu_limit) for job in jobs]
         samples = results_or_failures(generated, jobs, partial(sample_failure_row, run=run))
-    write_rows(run.samples, "samples", samples, run.run_id)
+    write_rows(run.samples, "samples", quote(samples), run.run_id)
 
     scored = []  # (sample, similarity matrix)
     metrics = []
@@ -122,10 +125,11 @@ def produce_dataset(
             metrics.extend(rows)
             scored.append((sample, matrix))
     if p.evaluation.reference and scored:
-        metrics.extend(compare_with_reference(run.run_id, scored, p.evaluation.reference, metric))
-    write_rows(run.metrics, "metrics", metrics, run.run_id)
-    plots = write_plots(run.output_root, run.plots_dir, scored, metric, p.evaluation.reference)
-    publish_artifacts(run, samples, metrics, plots)
+        metrics.extend(compare_with_reference(run.run_id, quote(scored), p.evaluation.reference, metric))
+    write_rows(run.metrics, "metrics", quote(metrics), run.run_id)
+    plots = write_plots(run.output_root, run.plots_dir, quote(scored), metric, p.evaluation.reference)
+    publish_artifacts(run, quote(samples), quote(metrics), plots)
 
-    finish_run(run, p.model_dump(mode="json"), created_at, p.catalog, synopsis_rows, samples, metrics)
+    finish_run(run, p.model_dump(mode="json"), created_at, p.catalog,
+               quote(synopsis_rows), quote(samples), quote(metrics))
     return run.run_dir

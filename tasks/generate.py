@@ -62,7 +62,7 @@ class SampleJob(BaseModel):
 
     def key(self) -> str:
         """Content key: same inputs, same weights location, same device → same video."""
-        location, _ = resolve_location(get_preset(self.model), self.model_path)
+        location = resolve_location(get_preset(self.model), self.model_path)
         inputs = self.model_dump(exclude={"entry_id", "synopsis_source", "model_path", "device", "dtype", "variant"})
         return sample_key(**inputs, model_location=str(location), device=pick_device(self.device).type,
                           dtype=self.dtype or "default")

@@ -36,3 +36,14 @@ def test_missing_model_weights_give_a_message_not_a_traceback(tmp_path):
 def test_runs_list_of_an_empty_root(tmp_path):
     result = _vstar("runs", "list", str(tmp_path / "nothing"), tmp_path=tmp_path)
     assert result.returncode == 0 and "no runs under" in result.stdout
+
+
+def test_flow_heartbeats_are_off_only_against_the_ephemeral_api():
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+    from vstar_cli import local_flow_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: None}), local_flow_settings():
+        assert get_current_settings().flows.heartbeat_frequency is None
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:4200/api"}), local_flow_settings():
+        assert get_current_settings().flows.heartbeat_frequency == 180  # a server watches them: Prefect's default

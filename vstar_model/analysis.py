@@ -363,12 +363,15 @@ def real_video_attention(
         generator = torch.Generator(device=model.device).manual_seed(seed)
         noise = torch.randn(latents.shape, generator=generator, device=model.device, dtype=latents.dtype)
         t = torch.tensor([timestep], device=model.device)
+        scale = model.signal_scale()  # VideoCrafter2 was trained on x_t = √ᾱ·s_t·x₀ + √(1−ᾱ)·ε
+        if scale is not None:
+            latents = latents * float(scale[timestep])
         noisy = scheduler.scale_model_input(scheduler.add_noise(latents, noise, t), t)
         text = encode_text(model, [prompt])
         if model.family == "animatediff":  # UNetMotionModel takes the text repeated per frame
             text = text.repeat_interleave(frames.shape[0], dim=0)
         with capture_attention(model.unet, reduce=reduce) as recorder:
-            model.unet(noisy.to(model.dtype), t, encoder_hidden_states=text)
+            model.unet(noisy.to(model.dtype), t, encoder_hidden_states=text, **model.unet_kwargs())
     return recorder.maps_at(0)
 
 

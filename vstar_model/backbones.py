@@ -19,7 +19,9 @@ import torch
 
 from vstar_model import _compat  # noqa: F401
 
-Family = Literal["unet3d", "animatediff"]
+# unet3d: diffusers' UNet3DConditionModel (ModelScope, Zeroscope); videocrafter: the same plus an fps
+# embedding (vstar_model.videocrafter); animatediff: an SD 1.5 UNet with motion modules.
+Family = Literal["unet3d", "videocrafter", "animatediff"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,9 @@ class BackbonePreset:
     guidance_scale: float = 9.0
     dtype: str = "float16"  # on GPU; CPU always runs float32
     motion_adapter: str | None = None  # AnimateDiff only
+    unet_source: str | None = None  # a hub repo holding only the UNet, at its root (VideoCrafter2)
+    fps_condition: int | None = None  # frame rate the UNet is conditioned on (VideoCrafter2)
+    rescaled_schedule: bool = False  # VideoCrafter2's signal scale s_t (vstar_model.videocrafter)
     max_frames: int | None = None  # hard limit of the architecture (positional embeddings)
     components: tuple[str, ...] = field(default=("unet", "vae", "text_encoder", "tokenizer", "scheduler"))
 
@@ -73,6 +78,22 @@ PRESETS: dict[str, BackbonePreset] = {
         fps=8,
         guidance_scale=9.0,
     ),
+    # VideoCrafter2 (the paper's backbone, with the authors' defaults): the UNet from its diffusers
+    # conversion, the VAE, tokenizer, OpenCLIP-H text encoder and DDIM schedule from Zeroscope.
+    "videocrafter2": BackbonePreset(
+        name="videocrafter2",
+        family="videocrafter",
+        source="cerspense/zeroscope_v2_576w",
+        unet_source="adamdad/videocrafterv2_diffusers",
+        height=320,
+        width=512,
+        num_frames=16,
+        fps=8,
+        num_inference_steps=25,
+        guidance_scale=12.0,
+        fps_condition=28,
+        rescaled_schedule=True,
+    ),
     "animatediff": BackbonePreset(
         name="animatediff",
         family="animatediff",
@@ -92,6 +113,20 @@ PRESETS: dict[str, BackbonePreset] = {
 
 class BackboneNotFound(FileNotFoundError):
     """Weights for a preset are neither in the given directory nor in the hub cache."""
+
+
+@dataclass(frozen=True)
+class WeightLocations:
+    """Where a backbone's weights are: ``base`` in diffusers' pipeline layout (tokenizer/,
+    text_encoder/, vae/, scheduler/), the UNet's folder, and AnimateDiff's motion adapter."""
+
+    base: Path
+    unet: Path
+    motion_adapter: Path | None = None
+
+    def __str__(self) -> str:
+        extra = [str(p) for p in (self.unet, self.motion_adapter) if p is not None and p != self.base / "unet"]
+        return " + ".join([str(self.base), *extra])
 
 
 @dataclass
@@ -119,6 +154,18 @@ class VideoModel:
     @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def unet_kwargs(self) -> dict:
+        """Extra UNet arguments of this backbone on every call (VideoCrafter2's fps)."""
+        return {"fps": self.preset.fps_condition} if self.preset.fps_condition else {}
+
+    def signal_scale(self) -> torch.Tensor | None:
+        """(T,) VideoCrafter2's s_t on the CPU for a rescaled schedule, else None."""
+        if not self.preset.rescaled_schedule:
+            return None
+        from vstar_model.videocrafter import signal_scale
+
+        return signal_scale(self.scheduler.config.num_train_timesteps)
 
 
 def get_preset(name: str) -> BackbonePreset:
@@ -167,7 +214,7 @@ def _resolve_hub(repo: str, revision: str | None, preset: BackbonePreset, tried:
 
 
 def _not_found(preset: BackbonePreset, tried: list[str]) -> BackboneNotFound:
-    repos = [preset.source] + ([preset.motion_adapter] if preset.motion_adapter else [])
+    repos = [preset.source] + [repo for repo in (preset.unet_source, preset.motion_adapter) if repo]
     howto = "; ".join(f"huggingface-cli download {r}" for r in repos)
     return BackboneNotFound(
         f"weights for model preset {preset.name!r} not found. Tried: {'; '.join(tried)}. "
@@ -176,8 +223,9 @@ def _not_found(preset: BackbonePreset, tried: list[str]) -> BackboneNotFound:
     )
 
 
-def resolve_location(preset: BackbonePreset, path: str | Path | None = None) -> tuple[Path, Path | None]:
-    """Directory of the model (and of the motion adapter, for AnimateDiff)."""
+def resolve_location(preset: BackbonePreset, path: str | Path | None = None) -> WeightLocations:
+    """Find a preset's weights: in ``path`` (a diffusers pipeline folder, optionally with
+    ``motion_adapter/``; AnimateDiff's may instead be ``base/`` + ``motion_adapter/``), else in the hub cache."""
     tried: list[str] = []
     if path is not None:
         path = Path(path)
@@ -186,14 +234,15 @@ def resolve_location(preset: BackbonePreset, path: str | Path | None = None) -> 
             adapter = path / "motion_adapter" if (path / "motion_adapter").is_dir() else None
             if preset.family == "animatediff" and adapter is None and preset.motion_adapter:
                 adapter = _resolve_hub(preset.motion_adapter, None, preset, tried)
-            return base, adapter
+            return WeightLocations(base, base / "unet", adapter)
         tried.append(f"local directory {path} (no model_index.json or unet/)")
         raise _not_found(preset, tried)
     if preset.source == "builtin:tiny":
-        return tiny_model_path(), None
+        return WeightLocations(tiny_model_path(), tiny_model_path() / "unet")
     base = _resolve_hub(preset.source, preset.revision, preset, tried)
+    unet = _resolve_hub(preset.unet_source, None, preset, tried) if preset.unet_source else base / "unet"
     adapter = _resolve_hub(preset.motion_adapter, None, preset, tried) if preset.motion_adapter else None
-    return base, adapter
+    return WeightLocations(base, unet, adapter)
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -226,27 +275,31 @@ def load_backbone(
     except (AttributeError, AssertionError):
         raise ValueError(f"unknown dtype {dtype_name!r}; use float32, float16 or bfloat16") from None
 
-    base, adapter_dir = resolve_location(preset, path)
+    locations = resolve_location(preset, path)
+    base = locations.base
     try:
         tokenizer = CLIPTokenizer.from_pretrained(base / "tokenizer")
         text_encoder = CLIPTextModel.from_pretrained(base / "text_encoder", torch_dtype=torch_dtype)
         vae = AutoencoderKL.from_pretrained(base / "vae", torch_dtype=torch_dtype)
         scheduler = DDIMScheduler.from_pretrained(base / "scheduler")
-        if preset.family == "unet3d":
-            from diffusers import UNet3DConditionModel
-
-            unet = UNet3DConditionModel.from_pretrained(base / "unet", torch_dtype=torch_dtype)
-        else:
+        if preset.family == "animatediff":
             from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 
-            if adapter_dir is None:
+            if locations.motion_adapter is None:
                 raise _not_found(preset, [f"motion adapter for {base}"])
-            unet2d = UNet2DConditionModel.from_pretrained(base / "unet", torch_dtype=torch_dtype)
-            adapter = MotionAdapter.from_pretrained(adapter_dir, torch_dtype=torch_dtype)
+            unet2d = UNet2DConditionModel.from_pretrained(locations.unet, torch_dtype=torch_dtype)
+            adapter = MotionAdapter.from_pretrained(locations.motion_adapter, torch_dtype=torch_dtype)
             unet = UNetMotionModel.from_unet2d(unet2d, adapter).to(torch_dtype)
+        else:
+            from diffusers import UNet3DConditionModel
+
+            from vstar_model.videocrafter import UNet3DVideoCrafterConditionModel
+
+            unet_class = UNet3DVideoCrafterConditionModel if preset.family == "videocrafter" else UNet3DConditionModel
+            unet = unet_class.from_pretrained(locations.unet, torch_dtype=torch_dtype)
     except (OSError, EnvironmentError) as exc:
         raise BackboneNotFound(
-            f"model preset {preset.name!r}: incomplete weights in {base}: {exc}"
+            f"model preset {preset.name!r}: incomplete weights in {locations}: {exc}"
         ) from None
     for module in (text_encoder, vae, unet):
         module.to(torch_device).eval().requires_grad_(False)
@@ -259,8 +312,8 @@ def load_backbone(
         scheduler=scheduler,
         device=torch_device,
         dtype=torch_dtype,
-        location=str(base),
-        revision=_revision_of(base) or preset.revision,
+        location=str(locations),
+        revision="+".join(filter(None, [_revision_of(base), _revision_of(locations.unet)])) or preset.revision,
     )
 
 

@@ -18,6 +18,7 @@ from vstar_model.backbones import VideoModel
 from vstar_model.embeddings import interpolate_embeddings
 from vstar_model.frame_conditioning import frame_batch, per_frame_text
 from vstar_model.tar import apply_tar
+from vstar_model.videocrafter import rescale_ddim_step
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -150,6 +151,7 @@ def generate_video(
         )
         latents = torch.randn(shape, generator=generator, device=model.device, dtype=torch.float32)
         latents = latents * scheduler.init_noise_sigma
+        scale = model.signal_scale()  # VideoCrafter2's rescaled schedule, else None
 
         start = time.perf_counter()
         with ExitStack() as stack:
@@ -165,11 +167,14 @@ def generate_video(
                 tar_handle.set_step(step, total)
                 latent_input = scheduler.scale_model_input(torch.cat([latents, latents]), t)
                 noise = model.unet(
-                    latent_input.to(model.dtype), t, encoder_hidden_states=encoder_hidden_states
+                    latent_input.to(model.dtype), t, encoder_hidden_states=encoder_hidden_states, **model.unet_kwargs()
                 ).sample.float()
                 noise_uncond, noise_cond = noise.chunk(2)
                 noise = noise_uncond + config.guidance_scale * (noise_cond - noise_uncond)
-                latents = scheduler.step(noise, t, latents, eta=config.eta, generator=generator).prev_sample
+                out = scheduler.step(noise, t, latents, eta=config.eta, generator=generator)
+                latents = out.prev_sample
+                if scale is not None:
+                    latents = rescale_ddim_step(latents, out.pred_original_sample, scheduler, t, scale)
                 if progress is not None:
                     progress(step + 1, total)
         timings["denoise_seconds"] = time.perf_counter() - start

@@ -102,12 +102,8 @@ def _write_model_index(directory: Path, pipeline: str, components: dict[str, tup
     (directory / "model_index.json").write_text(json.dumps(index, indent=2))
 
 
-def build_tiny_unet3d(seed: int = 0, block_out_channels: tuple[int, ...] = (8, 16, 16, 16)):
-    """A UNet3DConditionModel with ModelScope's block layout at toy width."""
-    from diffusers import UNet3DConditionModel
-
-    torch.manual_seed(seed)
-    return UNet3DConditionModel(
+def _tiny_unet3d_config(block_out_channels: tuple[int, ...]) -> dict:
+    return dict(
         sample_size=8,
         in_channels=4,
         out_channels=4,
@@ -116,7 +112,23 @@ def build_tiny_unet3d(seed: int = 0, block_out_channels: tuple[int, ...] = (8, 1
         norm_num_groups=4,
         cross_attention_dim=TINY_CROSS_ATTENTION_DIM,
         attention_head_dim=4,
-    ).eval()
+    )
+
+
+def build_tiny_unet3d(seed: int = 0, block_out_channels: tuple[int, ...] = (8, 16, 16, 16)):
+    """A UNet3DConditionModel with ModelScope's block layout at toy width."""
+    from diffusers import UNet3DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet3DConditionModel(**_tiny_unet3d_config(block_out_channels)).eval()
+
+
+def build_tiny_videocrafter_unet(seed: int = 0, block_out_channels: tuple[int, ...] = (8, 16, 16, 16)):
+    """The same miniature with VideoCrafter2's fps embedding (the conversion's class and config key)."""
+    from vstar_model.videocrafter import UNet3DVideoCrafterConditionModel
+
+    torch.manual_seed(seed)
+    return UNet3DVideoCrafterConditionModel(**_tiny_unet3d_config(block_out_channels), fps_cond=True).eval()
 
 
 def save_tiny_text_to_video(directory: str | Path, seed: int = 0) -> Path:
@@ -143,6 +155,17 @@ def save_tiny_text_to_video(directory: str | Path, seed: int = 0) -> Path:
             "scheduler": ("diffusers", "DDIMScheduler"),
         },
     )
+    return directory
+
+
+def save_tiny_videocrafter(directory: str | Path, seed: int = 0) -> Path:
+    """The tiny model with a VideoCrafter2-class UNet: a local folder for the ``videocrafter2`` preset.
+
+    ``directory`` is laid out like :func:`save_tiny_text_to_video`'s (Zeroscope's components), with
+    ``unet/`` holding a ``UNet3DVideoCrafterConditionModel``. Returns the directory.
+    """
+    directory = save_tiny_text_to_video(directory, seed)
+    build_tiny_videocrafter_unet(seed).save_pretrained(directory / "unet")
     return directory
 
 

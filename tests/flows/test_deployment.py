@@ -40,7 +40,7 @@ def test_deployment_run_with_parameters_through_a_process_worker(prefect_server,
     )
     worker = _run_once(env, project, "vstar-cpu")
     runs = list_runs(str(out)).to_pylist()
-    assert len(runs) == 1 and runs[0]["status"] == "ok", worker.stdout[-3000:]
+    assert len(runs) == 1 and runs[0]["status"] == "ok", (worker.stdout + worker.stderr)[-4000:]
     run_dir = runs[0]["manifest_uri"].rsplit("/", 1)[0]
     samples = read_table(f"{run_dir}/samples.parquet").to_pylist()
     assert len(samples) == 4
@@ -74,7 +74,7 @@ def test_generation_sharded_over_two_gpu_pool_workers(prefect_server, project, t
         for process in gpu_workers:
             stop_process(process)
     runs = list_runs(str(out)).to_pylist()
-    assert len(runs) == 1 and runs[0]["status"] == "ok", worker.stdout[-3000:]
+    assert len(runs) == 1 and runs[0]["status"] == "ok", (worker.stdout + worker.stderr)[-4000:]
     run_dir = runs[0]["manifest_uri"].rsplit("/", 1)[0]
     samples = read_table(f"{run_dir}/samples.parquet").to_pylist()
     assert sorted((s["catalog_id"], s["seed"]) for s in samples) == [

@@ -26,15 +26,19 @@ def test_unknown_preset_names_the_value():
         get_preset("videocrafter9")
 
 
-def test_missing_hub_weights_give_a_clear_error_naming_preset_and_locations(tmp_path, monkeypatch):
+@pytest.mark.parametrize(("preset", "repos"), [
+    ("modelscope", ["ali-vilab/text-to-video-ms-1.7b"]),
+    ("videocrafter2", ["cerspense/zeroscope_v2_576w", "adamdad/videocrafterv2_diffusers"]),  # UNet apart
+])
+def test_missing_hub_weights_give_a_clear_error_naming_preset_and_locations(tmp_path, monkeypatch, preset, repos):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(BackboneNotFound) as info:
-        load_backbone("modelscope")
+        load_backbone(preset)
     message = str(info.value)
-    assert "'modelscope'" in message
-    assert "ali-vilab/text-to-video-ms-1.7b" in message
-    assert "huggingface-cli download" in message
+    assert f"{preset!r}" in message
+    for repo in repos:
+        assert f"huggingface-cli download {repo}" in message
 
 
 def test_missing_local_directory_is_named(tmp_path):

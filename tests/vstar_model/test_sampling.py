@@ -133,3 +133,15 @@ def test_tar_is_applied_in_the_step_window_only(tiny, monkeypatch):
     assert tiny.unet.attn_processors.keys() and not any(
         isinstance(p, tar_module.TARAttnProcessor) for p in tiny.unet.attn_processors.values()
     )
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_runs_the_same_loop(tiny_model_dir, tiny, dtype):
+    """fp16/bf16 as on a GPU (here on CPU kernels): weights, TAR bands and VSP hooks in that dtype,
+    the result close to float32's."""
+    model = load_backbone("tiny", path=tiny_model_dir, dtype=dtype)
+    assert {p.dtype for p in model.unet.parameters()} == {getattr(torch, dtype)}
+    config = SamplingConfig(num_frames=16, height=64, width=64, num_inference_steps=4)
+    half = generate_video(model, ["snow", "spring"], config, seed=0, tar="64D1").frames.float()
+    full = generate_video(tiny, ["snow", "spring"], config, seed=0, tar="64D1").frames.float()
+    assert (half - full).abs().mean() < 4.0  # of 255: rounding, not a different video
