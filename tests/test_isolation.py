@@ -62,3 +62,10 @@ def test_offline_environment():
     assert os.environ["HF_HUB_OFFLINE"] == "1"
     assert os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] == "True"
     assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+
+
+def test_the_pipeline_imports_diffusers_only_to_generate():
+    """A resumed run loads no model: importing the flows and CLI must not pull in diffusers (seconds)."""
+    code = "import sys, flows.produce, vstar_cli; print('diffusers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False"]

@@ -18,7 +18,6 @@ from vstar_model.backbones import VideoModel
 from vstar_model.embeddings import interpolate_embeddings
 from vstar_model.frame_conditioning import frame_batch, per_frame_text
 from vstar_model.tar import apply_tar
-from vstar_model.videocrafter import rescale_ddim_step
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -152,6 +151,8 @@ def generate_video(
         latents = torch.randn(shape, generator=generator, device=model.device, dtype=torch.float32)
         latents = latents * scheduler.init_noise_sigma
         scale = model.signal_scale()  # VideoCrafter2's rescaled schedule, else None
+        if scale is not None:
+            from vstar_model.videocrafter import rescale_ddim_step
 
         start = time.perf_counter()
         with ExitStack() as stack:
