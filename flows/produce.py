@@ -21,6 +21,7 @@ from tasks.jobs import (
     plan_jobs,
     results_or_failures,
     sample_failure_row,
+    submit_in_window,
 )
 from tasks.limits import ensure_concurrency_limit
 from tasks.reference import check_reference, compare_with_reference
@@ -112,7 +113,7 @@ def produce_dataset(
         shard_runs = [run_shard.submit(p.shard_deployment, part, run, i, gpu_limit) for i, part in enumerate(parts)]
         samples = [row for future in shard_runs for row in future.result()]
     else:
-        generated = [generate_sample.submit(job, run, gpu_limit) for job in jobs]
+        generated = submit_in_window(generate_sample, jobs, p.gpu_slots, run, gpu_limit)
         samples = results_or_failures(generated, jobs, partial(sample_failure_row, run=run))
     write_rows(run.samples, "samples", quote(samples), run.run_id)
 

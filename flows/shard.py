@@ -7,7 +7,7 @@ from functools import partial
 from prefect import flow
 
 from tasks.generate import SampleJob, generate_sample
-from tasks.jobs import results_or_failures, sample_failure_row
+from tasks.jobs import results_or_failures, sample_failure_row, submit_in_window
 from tasks.shards import write_shard_rows
 from vstar_data.runs import RunPaths
 
@@ -17,7 +17,8 @@ def generate_shard(jobs: list[SampleJob], output_root: str, run_id: str, shard: 
                    concurrency_limit: str | None = "vstar-gpu") -> int:
     """Generate (or reuse) ``jobs`` into run ``run_id`` and write their samples rows for the parent."""
     run = RunPaths(output_root, run_id)
-    generated = [generate_sample.submit(job, run, concurrency_limit) for job in jobs]
+    # One process holds one model and generates one video at a time (VideoModel.lock).
+    generated = submit_in_window(generate_sample, jobs, 1, run, concurrency_limit)
     rows = results_or_failures(generated, jobs, partial(sample_failure_row, run=run))
     write_shard_rows(run, shard, rows)
     return len(rows)

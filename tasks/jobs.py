@@ -91,6 +91,27 @@ def plan_jobs(entries: list[CatalogEntry], synopses: list[dict], parameters) -> 
     return jobs
 
 
+def submit_in_window(task, items: list, window: int, *args) -> list:
+    """``task.submit(item, *args)`` for every item with at most ``window`` runs in flight.
+
+    Runs queued behind Prefect's global concurrency limit poll the server for a slot (its
+    Retry-After grows with the queue, up to 30 s), so a GPU would sit idle between videos; runs
+    submitted as earlier ones finish take a free slot at once. Futures come back in ``items``' order.
+    """
+    from prefect.futures import as_completed
+
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    futures, in_flight = [], set()
+    for item in items:
+        if len(in_flight) >= window:
+            in_flight.discard(next(as_completed(list(in_flight))))
+        future = task.submit(item, *args)
+        futures.append(future)
+        in_flight.add(future)
+    return futures
+
+
 def results_or_failures(futures: list, items: list, failed: Callable[[Any, Any], dict]) -> list[dict]:
     """Each future's result, or ``failed(item, state)`` for a future whose task failed for good."""
     wait(futures)

@@ -1,0 +1,36 @@
+import threading
+import time
+
+import pytest
+from prefect import flow, task
+
+from tasks.jobs import submit_in_window
+
+
+def test_at_most_window_runs_in_flight_and_results_in_item_order(prefect_harness):
+    lock, running, peak = threading.Lock(), [0], [0]
+
+    @task
+    def work(item: int, offset: int) -> int:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.05 * (item % 3))  # finish out of order
+        with lock:
+            running[0] -= 1
+        return item + offset
+
+    @flow
+    def windowed(window: int) -> list[int]:
+        return [future.result() for future in submit_in_window(work, list(range(8)), window, 100)]
+
+    assert windowed(2) == [100 + i for i in range(8)]
+    assert peak[0] == 2
+    peak[0] = 0
+    assert windowed(1) == [100 + i for i in range(8)]
+    assert peak[0] == 1
+
+
+def test_window_must_be_positive():
+    with pytest.raises(ValueError, match="0"):
+        submit_in_window(None, [1], 0)
