@@ -15,7 +15,7 @@ from vstar_data.manifest import append_run_index, build_manifest, write_manifest
 from vstar_data.runs import RunPaths
 from vstar_data.schemas import METRICS_SCHEMA, SAMPLES_SCHEMA, SYNOPSES_SCHEMA, write_table
 from vstar_data.keys import content_key
-from vstar_data.storage import StorageError, exists, join, read_bytes, write_bytes_atomic
+from vstar_data.storage import StorageError, exists, join, read_bytes, remove_stale_temp_files, write_bytes_atomic
 
 PLOT_NAMES = ("similarity_matrices.png", "similarity_mean.png", "interval_similarity.png")
 _TABLES = {"synopses": SYNOPSES_SCHEMA, "samples": SAMPLES_SCHEMA, "metrics": METRICS_SCHEMA}
@@ -122,7 +122,10 @@ def finish_run(run: RunPaths, parameters: dict, created_at: datetime, catalog: s
         "parameters_json": json.dumps(parameters, sort_keys=True),
         "manifest_uri": url,
     })
-    get_run_logger().info("run %s finished: %d videos; failures %s", run.run_id, len(samples), failures)
+    logger = get_run_logger()
+    logger.info("run %s finished: %d videos; failures %s", run.run_id, len(samples), failures)
+    if removed := remove_stale_temp_files(join(run.output_root, "cache")):
+        logger.info("removed %d temporary files that killed writes had left in the cache", removed)
     return url
 
 

@@ -188,6 +188,30 @@ def sha256(url: str, *, retry: Retry = DEFAULT_RETRY, chunk_size: int = 1 << 20)
     return with_retry("hash", url, digest, retry)
 
 
+def remove_stale_temp_files(url: str, max_age_seconds: float = 3600.0) -> int:
+    """Delete temporary files of atomic writes under the local directory ``url`` that are older
+    than ``max_age_seconds`` (a process killed mid-write leaves one); returns how many.
+
+    A write in progress is seconds old, so concurrent runs sharing the directory are safe. Other
+    filesystems write in one call and leave none: nothing to do there.
+    """
+    fs, root = filesystem(url)
+    if not _is_local(fs) or not os.path.isdir(root):
+        return 0
+    cutoff = time.time() - max_age_seconds
+    removed = 0
+    for directory, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(directory, name)
+            try:
+                if name.startswith(TEMP_PREFIX) and os.stat(path).st_mtime < cutoff:
+                    os.remove(path)
+                    removed += 1
+            except FileNotFoundError:  # another run's janitor got there first
+                pass
+    return removed
+
+
 def list_files(url: str, *, retry: Retry = DEFAULT_RETRY) -> dict[str, int]:
     """Every file under the directory ``url``, recursively: ``{relative/posix/path: size}``.
 

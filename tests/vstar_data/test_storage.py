@@ -125,6 +125,22 @@ def test_listing_skips_temp_files_left_by_a_killed_writer(tmp_path):
     assert list_files(str(tmp_path)) == {"a.mp4": 1}
 
 
+def test_stale_temp_files_are_removed_fresh_ones_and_data_kept(tmp_path, memory_root):
+    (tmp_path / "samples").mkdir()
+    stale = tmp_path / "samples" / f"{storage.TEMP_PREFIX}a.mp4.1234abcd"
+    fresh = tmp_path / f"{storage.TEMP_PREFIX}b.json.5678abcd"  # a write in progress elsewhere
+    data = tmp_path / "samples" / "a.mp4"
+    for path in (stale, fresh, data):
+        path.write_bytes(b"x")
+    two_hours_ago = os.stat(stale).st_mtime - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+    os.utime(data, (two_hours_ago, two_hours_ago))
+    assert storage.remove_stale_temp_files(str(tmp_path)) == 1
+    assert not stale.exists() and fresh.exists() and data.exists()
+    assert storage.remove_stale_temp_files(f"{memory_root}/cache") == 0  # object stores leave none
+    assert storage.remove_stale_temp_files(str(tmp_path / "missing")) == 0
+
+
 def test_list_files_of_missing_directory_is_empty(memory_root):
     assert list_files(join(memory_root, "nothing")) == {}
 

@@ -169,3 +169,11 @@ def test_videocrafter2_loads_from_the_hub_cache_unet_and_components_from_two_rep
     assert model.revision == "a" * 40 + "+" + "b" * 40
     assert "adamdad--videocrafterv2_diffusers" in model.location
 
+
+
+def test_tar_finds_the_same_temporal_layers_and_levels_as_in_unet3d():
+    from vstar_model.tar import temporal_attention_levels
+
+    levels = temporal_attention_levels(build_tiny_videocrafter_unet())
+    assert levels == temporal_attention_levels(build_tiny_unet3d())
+    assert set(levels.values()) == {64, 32, 16, 8}
