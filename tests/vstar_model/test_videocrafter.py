@@ -177,3 +177,25 @@ def test_tar_finds_the_same_temporal_layers_and_levels_as_in_unet3d():
     levels = temporal_attention_levels(build_tiny_videocrafter_unet())
     assert levels == temporal_attention_levels(build_tiny_unet3d())
     assert set(levels.values()) == {64, 32, 16, 8}
+
+
+# config.json of adamdad/videocrafterv2_diffusers (the public conversion), key for key.
+VIDEOCRAFTER2_CONFIG = {
+    "_class_name": "UNet3DVideoCrafterConditionModel", "_diffusers_version": "0.26.3", "act_fn": "silu",
+    "attention_head_dim": 64, "block_out_channels": [320, 640, 1280, 1280], "cross_attention_dim": 1024,
+    "down_block_types": ["CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "DownBlock3D"],
+    "downsample_padding": 1, "fps_cond": True, "in_channels": 4, "layers_per_block": 2, "mid_block_scale_factor": 1,
+    "norm_eps": 1e-05, "norm_num_groups": 32, "num_attention_heads": None, "out_channels": 4, "sample_size": None,
+    "up_block_types": ["UpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D"],
+}
+
+
+def test_the_public_conversions_config_builds_the_full_size_model(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(VIDEOCRAFTER2_CONFIG))
+    config = UNet3DVideoCrafterConditionModel.load_config(tmp_path)
+    with torch.device("meta"):  # shapes only: no memory for 1.4 B parameters
+        unet = UNet3DVideoCrafterConditionModel.from_config(config)
+    assert unet.config.fps_cond and unet.config.sample_size is None
+    assert unet.fps_embedding.linear_1.weight.shape == (1280, 320)
+    assert unet.fps_embedding.linear_2.weight.shape == (1280, 1280)
+    assert 1.3e9 < sum(p.numel() for p in unet.parameters()) < 1.5e9  # VideoCrafter2's UNet: ~1.4 B
