@@ -9,6 +9,7 @@ tried, and the command that pre-downloads them.
 from __future__ import annotations
 
 import os
+import posixpath
 import shutil
 import threading
 from dataclasses import dataclass, field
@@ -195,19 +196,37 @@ def tiny_model_path(seed: int = 0) -> Path:
     return path
 
 
-def _resolve_hub(repo: str, revision: str | None, preset: BackbonePreset, tried: list[str]) -> Path:
-    from huggingface_hub import snapshot_download
+def files_to_download(repo_files: list[str], folders: tuple[str, ...] = ("",)) -> list[str]:
+    """The files of a hub repository that loading needs: configs and tokenizer files, and the
+    weights in ``folders`` ("" is the root), per folder as ``.safetensors`` where it has them, else
+    ``.bin`` (older uploads such as Zeroscope's have only those), never half-precision variants
+    next to full ones. Other weights (a safety checker, single-file checkpoints) are left out."""
+    weights = (".safetensors", ".bin")
+    chosen = [f for f in repo_files if f.endswith((".json", ".txt", ".model")) or f.startswith("tokenizer/")]
+    by_folder: dict[str, list[str]] = {}
+    for name in repo_files:
+        if name.endswith(weights) and posixpath.dirname(name) in folders:
+            by_folder.setdefault(posixpath.dirname(name), []).append(name)
+    for names in by_folder.values():
+        full = [n for n in names if ".fp16." not in n] or names
+        chosen += [n for n in full if n.endswith(".safetensors")] or [n for n in full if n.endswith(".bin")]
+    return sorted(set(chosen))
+
+
+def _resolve_hub(repo: str, revision: str | None, preset: BackbonePreset, tried: list[str],
+                 folders: tuple[str, ...] = ("",)) -> Path:
+    from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    patterns = ["*.json", "*.txt", "*.safetensors", "tokenizer/*", "*.model"]
     try:
-        return Path(snapshot_download(repo, revision=revision, local_files_only=True, allow_patterns=patterns))
+        return Path(snapshot_download(repo, revision=revision, local_files_only=True))
     except (LocalEntryNotFoundError, OSError, ValueError):
         tried.append(f"hub cache ({os.environ.get('HF_HOME') or '~/.cache/huggingface'}) for {repo}")
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         raise _not_found(preset, tried)
     try:
-        return Path(snapshot_download(repo, revision=revision, allow_patterns=patterns))
+        files = files_to_download(HfApi().list_repo_files(repo, revision=revision), folders)
+        return Path(snapshot_download(repo, revision=revision, allow_patterns=files))
     except Exception as exc:  # network, auth, missing repo: all end the same way for the user
         tried.append(f"download of {repo} from the hub ({type(exc).__name__}: {str(exc)[:200]})")
         raise _not_found(preset, tried) from None
@@ -239,7 +258,8 @@ def resolve_location(preset: BackbonePreset, path: str | Path | None = None) -> 
         raise _not_found(preset, tried)
     if preset.source == "builtin:tiny":
         return WeightLocations(tiny_model_path(), tiny_model_path() / "unet")
-    base = _resolve_hub(preset.source, preset.revision, preset, tried)
+    components = tuple(c for c in preset.components if not (c == "unet" and preset.unet_source))
+    base = _resolve_hub(preset.source, preset.revision, preset, tried, folders=components)
     unet = _resolve_hub(preset.unet_source, None, preset, tried) if preset.unet_source else base / "unet"
     adapter = _resolve_hub(preset.motion_adapter, None, preset, tried) if preset.motion_adapter else None
     return WeightLocations(base, unet, adapter)
