@@ -257,7 +257,8 @@ def resolve_location(preset: BackbonePreset, path: str | Path | None = None) -> 
         tried.append(f"local directory {path} (no model_index.json or unet/)")
         raise _not_found(preset, tried)
     if preset.source == "builtin:tiny":
-        return WeightLocations(tiny_model_path(), tiny_model_path() / "unet")
+        base = tiny_model_path()
+        return WeightLocations(base, base / "unet")
     components = tuple(c for c in preset.components if not (c == "unet" and preset.unet_source))
     base = _resolve_hub(preset.source, preset.revision, preset, tried, folders=components)
     unet = _resolve_hub(preset.unet_source, None, preset, tried) if preset.unet_source else base / "unet"

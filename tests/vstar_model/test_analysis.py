@@ -252,21 +252,9 @@ def test_invalid_capture_settings(tiny, kwargs, message):
             pass
 
 
-def test_an_image_unet_is_rejected():
-    from diffusers import UNet2DConditionModel
-
-    unet2d = UNet2DConditionModel(
-        sample_size=8,
-        block_out_channels=(8, 8),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        layers_per_block=1,
-        norm_num_groups=4,
-        cross_attention_dim=8,
-        attention_head_dim=4,
-    )
+def test_an_image_unet_is_rejected(image_unet):
     with pytest.raises(ValueError, match="UNet2DConditionModel has no temporal attention layers to capture"):
-        with capture_attention(unet2d):
+        with capture_attention(image_unet):
             pass
 
 

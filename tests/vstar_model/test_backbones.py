@@ -33,6 +33,7 @@ def test_unknown_preset_names_the_value():
 def test_missing_hub_weights_give_a_clear_error_naming_preset_and_locations(tmp_path, monkeypatch, preset, repos):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))  # read at import
     with pytest.raises(BackboneNotFound) as info:
         load_backbone(preset)
     message = str(info.value)
@@ -69,7 +70,8 @@ def test_download_takes_safetensors_where_a_folder_has_them_else_bin():
     not_for_diffusers = {"zs2_576w/text2video_pytorch_model.pth", "README.md"}
     assert files_to_download(zeroscope_like, components) == sorted(set(zeroscope_like) - not_for_diffusers)
     assert "unet/diffusion_pytorch_model.bin" not in files_to_download(zeroscope_like, ("vae", "text_encoder"))
-    sd15_like = ["v1-5-pruned.safetensors", "safety_checker/model.safetensors", "unet/diffusion_pytorch_model.safetensors"]
+    sd15_like = ["v1-5-pruned.safetensors", "safety_checker/model.safetensors",
+                 "unet/diffusion_pytorch_model.safetensors"]
     assert files_to_download(sd15_like, components) == ["unet/diffusion_pytorch_model.safetensors"]
     both = ["unet/config.json", "unet/diffusion_pytorch_model.bin", "unet/diffusion_pytorch_model.safetensors",
             "unet/diffusion_pytorch_model.fp16.safetensors", "vae/diffusion_pytorch_model.fp16.bin"]

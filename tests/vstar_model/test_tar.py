@@ -263,21 +263,9 @@ def test_levels_absent_from_the_model_are_rejected():
         apply_tar(three_levels, {8: 1.0})
 
 
-def test_image_unet_is_rejected():
-    from diffusers import UNet2DConditionModel
-
-    unet2d = UNet2DConditionModel(
-        sample_size=8,
-        block_out_channels=(8, 8),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        layers_per_block=1,
-        norm_num_groups=4,
-        cross_attention_dim=TINY_CROSS_ATTENTION_DIM,
-        attention_head_dim=4,
-    )
+def test_image_unet_is_rejected(image_unet):
     with pytest.raises(ValueError, match="UNet2DConditionModel has no temporal attention layers"):
-        apply_tar(unet2d, "64D1")
+        apply_tar(image_unet, "64D1")
 
 
 # --- processor numerics -----------------------------------------------------------------------

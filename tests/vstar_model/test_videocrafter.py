@@ -88,7 +88,8 @@ def test_rescaled_step_is_lvdms_ddim_update(tiny_model_dir, eta):
     generator = torch.Generator().manual_seed(0)
     x, eps, z = (torch.randn(1, 4, 3, 4, 4, generator=generator) for _ in range(3))
     alphas = scheduler.alphas_cumprod
-    for t in scheduler.timesteps[[0, 10, -1]]:  # first, a middle and the last step (t=1 → ᾱ₀, s₀ = 1)
+    # first step, the step into the ramp of s (t=401 → 361, s 0.7 → 0.73) and the last (t=1 → ᾱ₀, s₀ = 1)
+    for t in scheduler.timesteps[[0, 14, -1]]:
         t = int(t)
         prev_t = t - 40
         a_t = alphas[t]
