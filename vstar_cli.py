@@ -134,8 +134,8 @@ def produce(
     from tasks.evaluate import EvaluationSettings
     from tasks.jobs import ModelSettings, check_backbones
     from tasks.synopsize import LLMSettings
-    from vstar_model.backbones import BackboneNotFound
-    from vstar_model.dreamsim_weights import DreamSimWeightsMissing
+    from vstar_model.backbones.loading import BackboneNotFound
+    from vstar_model.evaluation.dreamsim_weights import DreamSimWeightsMissing
 
     model_settings = ModelSettings(preset=model, path=model_path, device=device, dtype=dtype, steps=steps,
                                    height=height, width=width)
@@ -185,7 +185,7 @@ def evaluate(
     from flows.evaluate import build_reference, evaluate_run
     from tasks.evaluate import EvaluationSettings
     from vstar_data.storage import exists, join
-    from vstar_model.dreamsim_weights import DreamSimWeightsMissing
+    from vstar_model.evaluation.dreamsim_weights import DreamSimWeightsMissing
 
     settings = EvaluationSettings(metric=metric, fallback=fallback_metric, cache_dir=dreamsim_cache,
                                   reference=reference)

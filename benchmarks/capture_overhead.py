@@ -24,7 +24,7 @@ import torch
 
 import vstar_model  # noqa: F401  (torchvision compat before diffusers)
 from tar_overhead import _synchronize, build_unet  # the same "mid" UNet as the TAR benchmark
-from vstar_model.analysis import capture_attention
+from vstar_model.analysis.temporal_attention import capture_attention
 
 MODES = ("off", "idle", "recording")
 

@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 
 import vstar_model  # noqa: F401  (torchvision compat before dreamsim)
-from vstar_model.dreamsim_weights import save_random_dreamsim_cache
-from vstar_model.evaluation import DreamSimEmbedder, similarity_matrix
+from vstar_model.evaluation.dreamsim_weights import save_random_dreamsim_cache
+from vstar_model.evaluation.similarity import DreamSimEmbedder, similarity_matrix
 
 
 def panning_video(num_frames: int, size: int, seed: int = 0) -> torch.Tensor:

@@ -37,8 +37,9 @@ def _model(size: str, device: str, dtype: str):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     import vstar_model  # noqa: F401
-    from vstar_model.backbones import PRESETS, VideoModel, load_backbone
-    from vstar_model.tiny import save_tiny_text_to_video
+    from vstar_model.backbones.loading import VideoModel, load_backbone
+    from vstar_model.backbones.presets import PRESETS
+    from vstar_model.backbones.tiny import save_tiny_text_to_video
 
     tiny = load_backbone("tiny", path=save_tiny_text_to_video(Path(tempfile.mkdtemp()) / "tiny"), device=device,
                          dtype=dtype)
@@ -66,7 +67,7 @@ def _model(size: str, device: str, dtype: str):
 def run_one(args) -> dict:
     import torch
 
-    from vstar_model.sampling import SamplingConfig, generate_video
+    from vstar_model.sampling.unet import SamplingConfig, generate_video
 
     model = _model(args.size, args.device, args.dtype)
     config = SamplingConfig(num_frames=args.frames, height=args.height, width=args.width,

@@ -25,7 +25,7 @@ import time
 import torch
 
 import vstar_model  # noqa: F401  (torchvision compat before diffusers)
-from vstar_model.tar import apply_tar
+from vstar_model.tar.unet import apply_tar
 
 SIZES = {
     "mid": dict(

@@ -18,7 +18,7 @@ from tasks.jobs import ModelSettings
 from tasks.outputs import publish_plots, write_directory_manifest
 from vstar_data.runs import new_run_id
 from vstar_data.storage import join
-from vstar_model.video_io import list_clips
+from vstar_model.video.reader import list_clips
 
 
 @flow(name="analyze-attention")

@@ -20,7 +20,7 @@ from tasks.reference import (
 )
 from vstar_data.runs import new_run_id
 from vstar_data.storage import join
-from vstar_model.video_io import list_clips
+from vstar_model.video.reader import list_clips
 
 
 @flow(name="build-reference")

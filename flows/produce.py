@@ -29,7 +29,7 @@ from tasks.shards import run_shard, split_jobs
 from tasks.outputs import finish_run, publish_artifacts, write_plots, write_rows
 from tasks.synopsize import LLMSettings, failed_synopsis_row, synopsize_entry
 from vstar_data.runs import RunPaths, new_run_id
-from vstar_model.sampling import VARIANTS
+from vstar_model.sampling.unet import VARIANTS
 
 
 class ProduceParameters(BaseModel):

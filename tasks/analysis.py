@@ -15,7 +15,7 @@ from vstar_data.storage import join, write_bytes_atomic
 def condition_tar(condition: str):
     """An analysis condition → TAR setting: ``off``, a TAR preset (``64D1``, ``64D4_32D8``), or a
     map replacement ``identity@64`` / ``ones@64_32`` at the given levels (paper Fig. 5)."""
-    from vstar_model.tar import TARConfig, parse_tar
+    from vstar_model.tar.unet import TARConfig, parse_tar
 
     if "@" not in condition:
         return parse_tar(condition)
@@ -30,7 +30,7 @@ def condition_tar(condition: str):
 
 
 def _rows(recorder_maps, levels, **context) -> list[dict]:
-    from vstar_model.analysis import attention_rows
+    from vstar_model.analysis.temporal_attention import attention_rows
 
     rows = attention_rows(recorder_maps, levels, **context)
     for row in rows:  # a flat map has no best-fitting band: store null, not NaN
@@ -46,9 +46,9 @@ def generated_attention(
 ) -> tuple[list[dict], dict[int, list]]:
     """Generate one video under ``condition`` while recording its temporal attention; returns
     the table rows (every layer and step) and the per-level maps averaged over steps."""
-    from vstar_model.analysis import generated_video_attention, level_maps
-    from vstar_model.sampling import SamplingConfig
-    from vstar_model.video_writer import encode_mp4
+    from vstar_model.analysis.temporal_attention import generated_video_attention, level_maps
+    from vstar_model.sampling.unet import SamplingConfig
+    from vstar_model.video.writer import encode_mp4
 
     backbone = cached_backbone(model.preset, path=model.path, device=model.device, dtype=model.dtype)
     preset = backbone.preset
@@ -77,9 +77,9 @@ def real_attention(
     run_id: str, model: ModelSettings, clip: str, prompt: str, num_frames: int, timestep: int, seed: int
 ) -> tuple[list[dict], dict[int, list]]:
     """Temporal attention of a real clip: VAE-encode, noise to ``timestep``, one denoiser call."""
-    from vstar_model.analysis import level_maps, real_video_attention, resize_frames
-    from vstar_model.tar import temporal_attention_levels
-    from vstar_model.video_io import read_video_frames
+    from vstar_model.analysis.temporal_attention import level_maps, real_video_attention, resize_frames
+    from vstar_model.tar.unet import temporal_attention_levels
+    from vstar_model.video.reader import read_video_frames
 
     backbone = cached_backbone(model.preset, path=model.path, device=model.device, dtype=model.dtype)
     preset = backbone.preset
@@ -105,7 +105,7 @@ def render_analysis_plots(grids: dict[int, dict[str, dict[int, list]]], sigmas: 
     used (Fig. S.10) and the band score per level and condition."""
     import torch
 
-    from vstar_model.analysis_plots import attention_grid_png, band_matrices_png, band_score_png
+    from vstar_model.analysis.plots import attention_grid_png, band_matrices_png, band_score_png
 
     images = {
         f"attention_{n}f.png": attention_grid_png(

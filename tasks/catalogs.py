@@ -5,11 +5,11 @@ from __future__ import annotations
 from prefect import task
 
 from vstar_data.catalog import Catalog, CatalogEntry, load_catalog
-from vstar_model.backbones import PRESETS
+from vstar_model.backbones.presets import PRESETS
 
 
 def check_tar(spec: str) -> None:
-    from vstar_model.tar import parse_tar
+    from vstar_model.tar.unet import parse_tar
 
     parse_tar(spec)
 

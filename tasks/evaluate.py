@@ -62,8 +62,8 @@ def score_video(
 ) -> tuple[str, "torch.Tensor"]:  # noqa: F821
     """(metric name, N×N similarity matrix) of a video file or frame folder, all its frames or
     ``num_frames`` spread evenly."""
-    from vstar_model.evaluation import similarity_matrix
-    from vstar_model.video_io import read_video_frames
+    from vstar_model.evaluation.similarity import similarity_matrix
+    from vstar_model.video.reader import read_video_frames
 
     embedder = settings_embedder(settings)
     return embedder.metric, similarity_matrix(embedder.embed(read_video_frames(video_uri, num_frames)))
@@ -71,7 +71,7 @@ def score_video(
 
 def metric_rows(sample: dict, metric: str, matrix) -> list[dict]:
     """metrics.parquet rows of one video: per-k summaries, then coherence and dynamics slope (k = −1)."""
-    from vstar_model.evaluation import coherence, dynamics_slope, interval_summary
+    from vstar_model.evaluation.similarity import coherence, dynamics_slope, interval_summary
 
     base = {
         "run_id": sample["run_id"],

@@ -18,9 +18,10 @@ from tasks.retries import retry_unless
 from vstar_data.keys import sample_key
 from vstar_data.runs import CachePaths, RunPaths
 from vstar_data.storage import StorageError, exists, read_bytes, write_bytes_atomic
-from vstar_model.backbones import get_preset, pick_device, resolve_location
-from vstar_model.sampling import SamplingConfig, generate_video
-from vstar_model.video_writer import encode_mp4, frame_strip
+from vstar_model.backbones.loading import pick_device, resolve_location
+from vstar_model.backbones.presets import get_preset
+from vstar_model.sampling.unet import SamplingConfig, generate_video
+from vstar_model.video.writer import encode_mp4, frame_strip
 
 
 class SampleJob(BaseModel):

@@ -12,8 +12,8 @@ from pydantic import BaseModel, ConfigDict
 from tasks.generate import SampleJob, sample_row
 from vstar_data.catalog import CatalogEntry
 from vstar_data.runs import RunPaths
-from vstar_model.backbones import get_preset
-from vstar_model.sampling import VARIANTS
+from vstar_model.backbones.presets import get_preset
+from vstar_model.sampling.unet import VARIANTS
 
 
 class ModelSettings(BaseModel):
@@ -36,8 +36,8 @@ class ModelSettings(BaseModel):
 
 def check_backbones(entries: list[CatalogEntry], model: ModelSettings) -> None:
     """Find every backbone the run will use before any work: missing weights stop the run with
-    :class:`~vstar_model.backbones.BackboneNotFound` (preset, places tried, how to download)."""
-    from vstar_model.backbones import resolve_location
+    :class:`~vstar_model.backbones.loading.BackboneNotFound` (preset, places tried, how to download)."""
+    from vstar_model.backbones.loading import resolve_location
 
     for preset in sorted({entry.model or model.preset for entry in entries}):
         resolve_location(get_preset(preset), model.path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from vstar_model.backbones import VideoModel, load_backbone
+from vstar_model.backbones.loading import VideoModel, load_backbone
 
 _lock = threading.Lock()
 _backbones: dict[tuple, VideoModel] = {}
@@ -24,7 +24,7 @@ _embedders: dict[tuple, object] = {}
 
 def cached_embedder(metric: str, *, fallback: str | None, cache_dir: str | None, device: str | None):
     """The frame embedder for evaluation (DreamSim or an explicitly configured fallback), per process."""
-    from vstar_model.evaluation import build_embedder
+    from vstar_model.evaluation.similarity import build_embedder
 
     key = (metric, fallback, cache_dir, device)
     with _lock:

@@ -34,8 +34,8 @@ def render_plots(scored: list[tuple[dict, list]], metric: str | None, reference:
     scale each) and the interval distributions of each variant and length (paper Fig. 8 and S.1)."""
     import torch
 
-    from vstar_model.evaluation import interval_similarities
-    from vstar_model.plots import interval_distribution_png, similarity_heatmaps_png
+    from vstar_model.evaluation.similarity import interval_similarities
+    from vstar_model.evaluation.plots import interval_distribution_png, similarity_heatmaps_png
 
     arrays, groups, stacks = {}, {}, {}
     for sample, matrix in scored:

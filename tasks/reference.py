@@ -25,7 +25,7 @@ def score_clip(clip: str, num_frames: int, settings: EvaluationSettings) -> tupl
 def reference_rows(reference_id: str, clips: list[str], scored: list[tuple[str, list]], num_frames: int) -> list[dict]:
     import torch
 
-    from vstar_model.evaluation import interval_similarities
+    from vstar_model.evaluation.similarity import interval_similarities
 
     rows = []
     for clip, (metric, matrix) in zip(clips, scored):
@@ -68,7 +68,7 @@ def comparison_rows(run_id: str, scored: list[tuple[dict, list]], reference: str
     """
     import torch
 
-    from vstar_model.evaluation import compare_to_reference, interval_similarities, pool_intervals
+    from vstar_model.evaluation.similarity import compare_to_reference, interval_similarities, pool_intervals
 
     real = matching_reference(reference, metric)
     by_variant: dict[str, list] = {}

@@ -36,7 +36,7 @@ class SynopsisFailed(RuntimeError):
 
 def synopsis_row(entry: CatalogEntry, states: list[str], source: str, *, llm: LLMSettings | None,
                  key: str | None, error: str | None = None, latency: float | None = None) -> dict:
-    from vstar_model.synopsis import TEMPLATE_VERSION
+    from vstar_model.vsp.synopsis import TEMPLATE_VERSION
 
     return {
         "catalog_id": entry.id,
@@ -66,8 +66,8 @@ def make_synopsis(entry: CatalogEntry, *, vsp: bool, llm: LLMSettings, num_frame
         return synopsis_row(entry, [entry.prompt], "none", llm=None, key=None)
     if entry.synopsis:
         return synopsis_row(entry, list(entry.synopsis), "catalog", llm=None, key=None)
-    from vstar_model.llm import synopsize
-    from vstar_model.synopsis import TEMPLATE_VERSION, SynopsisError, validate_states
+    from vstar_model.vsp.llm import synopsize
+    from vstar_model.vsp.synopsis import TEMPLATE_VERSION, SynopsisError, validate_states
 
     key = synopsis_key(entry.prompt, llm.model, TEMPLATE_VERSION, llm.max_states)
     cached = CachePaths(output_root).synopsis(key)

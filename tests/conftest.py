@@ -45,14 +45,14 @@ def prefect_harness():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """The tiny text-to-video model saved in diffusers' layout (built once per session)."""
-    from vstar_model.tiny import save_tiny_text_to_video
+    from vstar_model.backbones.tiny import save_tiny_text_to_video
 
     return save_tiny_text_to_video(tmp_path_factory.mktemp("tiny-t2v"), seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_animatediff_dir(tmp_path_factory) -> Path:
-    from vstar_model.tiny import save_tiny_animatediff
+    from vstar_model.backbones.tiny import save_tiny_animatediff
 
     return save_tiny_animatediff(tmp_path_factory.mktemp("tiny-animatediff"), seed=0)
 
@@ -60,7 +60,7 @@ def tiny_animatediff_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def random_dreamsim_cache(tmp_path_factory) -> Path:
     """DreamSim's open_clip_vitb32 cache with random weights: the package's real code runs offline."""
-    from vstar_model.dreamsim_weights import missing_files, save_random_dreamsim_cache, uses_random_weights
+    from vstar_model.evaluation.dreamsim_weights import missing_files, save_random_dreamsim_cache, uses_random_weights
 
     cache = tmp_path_factory.getbasetemp() / "random-dreamsim-open_clip_vitb32"
     if not (uses_random_weights(cache) and not missing_files(cache, "open_clip_vitb32")):

@@ -209,7 +209,7 @@ def load_catalog(
     Args:
         max_frames: the largest ``frames`` an entry may ask for.
         check_tar: known TAR presets, or a callable raising ValueError for a bad TAR spec
-            (e.g. ``vstar_model.tar.parse_tar``).
+            (e.g. ``vstar_model.tar.unet.parse_tar``).
         check_model: known model presets, or a callable raising ValueError for an unknown one.
 
     Raises:

@@ -14,7 +14,7 @@ from tasks.jobs import ModelSettings
 from vstar_data.manifest import verify_manifest
 from vstar_data.schemas import read_table
 from vstar_data.storage import list_files
-from vstar_model.video_writer import encode_mp4
+from vstar_model.video.writer import encode_mp4
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

@@ -12,7 +12,7 @@ from vstar_data.manifest import list_runs, read_manifest, verify_manifest
 from vstar_data.runs import CachePaths
 from vstar_data.schemas import read_table
 from vstar_data.storage import exists
-from vstar_model.sampling import SamplingConfig, generate_video
+from vstar_model.sampling.unet import SamplingConfig, generate_video
 
 CATALOG = """\
 - id: poisoned
@@ -29,7 +29,7 @@ CATALOG = """\
 
 def _poison_text_encoder(monkeypatch) -> None:
     """Text embeddings of any text with POISON become NaN, as an fp16 overflow would make them."""
-    from vstar_model import sampling
+    from vstar_model.sampling import unet as sampling
 
     real = sampling.encode_text
 
@@ -41,7 +41,7 @@ def _poison_text_encoder(monkeypatch) -> None:
 
 
 def test_nan_latents_raise_instead_of_becoming_a_video(tiny_model_dir, monkeypatch):
-    from vstar_model.backbones import load_backbone
+    from vstar_model.backbones.loading import load_backbone
 
     _poison_text_encoder(monkeypatch)
     model = load_backbone("tiny", path=str(tiny_model_dir))

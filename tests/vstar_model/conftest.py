@@ -1,6 +1,6 @@
 import pytest
 
-from vstar_model.tiny import TINY_CROSS_ATTENTION_DIM
+from vstar_model.backbones.tiny import TINY_CROSS_ATTENTION_DIM
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,368 @@
+from __future__ import annotations
+
+import json
+import logging
+import socket
+
+import pytest
+
+from tests.llm_server import (
+    TEST_API_KEY,
+    FakeLLMServer,
+    delay,
+    empty,
+    malformed,
+    ok,
+    refusal,
+    status,
+    text,
+)
+from vstar_model.vsp.llm import redact, synopsize, synopsize_many
+from vstar_model.vsp.synopsis import TEMPLATE_VERSION, Synopsis, SynopsisError, build_messages
+
+PROMPT = "A landscape transitioning from winter to spring"
+STATES = [
+    "A snowy field under a grey sky.",
+    "Snow melting on a muddy field.",
+    "A green meadow full of flowers.",
+]
+
+
+class RecordedSleeps(list):
+    """Stands in for time.sleep: records each wait instead of waiting."""
+
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+
+
+@pytest.fixture
+def sleeps() -> RecordedSleeps:
+    return RecordedSleeps()
+
+
+def call(server, sleeps, prompt=PROMPT, **kwargs):
+    kwargs.setdefault("max_retries", 4)
+    return synopsize(
+        prompt, model=server.model, api_base=server.api_base, timeout=5, sleep=sleeps, **kwargs
+    )
+
+
+# -- redaction ----------------------------------------------------------------------------------
+
+
+def test_redact_removes_key_env_values_key_shapes_and_given_secrets(monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "anthropic-value-123456")
+    monkeypatch.setenv("HF_TOKEN", "hf_abcdefghijkl")
+    monkeypatch.setenv("VSTAR_DEBUG_TOKEN", "1")  # too short to be a key: left alone
+
+    text_with_keys = (
+        "key anthropic-value-123456, token hf_abcdefghijkl, sk-proj-AbCdEf0123456789, "
+        "AIzaSyA1234567890abcdefghijklmn, header Bearer abc.def-ghi_jkl, custom s3cr3t-value, "
+        "1 frame"
+    )
+
+    cleaned = redact(text_with_keys, secrets=["s3cr3t-value", None])
+
+    for secret in [
+        "anthropic-value-123456",
+        "hf_abcdefghijkl",
+        "sk-proj",
+        "AIzaSy",
+        "abc.def",
+        "s3cr3t",
+    ]:
+        assert secret not in cleaned
+    assert cleaned.count("[REDACTED]") == 6
+    assert cleaned.endswith("1 frame")
+
+
+# -- one prompt against the local server --------------------------------------------------------
+
+
+def test_a_good_answer_becomes_a_synopsis_in_one_call(llm_server, sleeps):
+    llm_server.enqueue(ok(STATES))
+
+    result = call(llm_server, sleeps, max_states=6, num_frames=16)
+
+    assert result == Synopsis(
+        PROMPT, tuple(STATES), TEMPLATE_VERSION, llm_server.model, json.dumps({"states": STATES})
+    )
+    [request] = llm_server.requests
+    assert request.headers["authorization"] == f"Bearer {TEST_API_KEY}"
+    assert request.body["messages"] == build_messages(PROMPT, max_states=6)
+    assert request.body["response_format"] == {"type": "json_object"}
+    assert sleeps == []
+
+
+def test_models_with_structured_output_are_sent_the_json_schema(llm_server, sleeps):
+    llm_server.enqueue(ok(STATES))
+
+    synopsize(PROMPT, model="openai/gpt-4o-mini", api_base=llm_server.api_base, sleep=sleeps)
+
+    response_format = llm_server.requests[0].body["response_format"]
+    assert response_format["type"] == "json_schema"
+    assert response_format["json_schema"]["schema"]["required"] == ["states"]
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        status(429),
+        status(500),
+        status(503),
+        malformed(),
+        empty(),
+        refusal(),
+        ok(STATES * 3),  # too many states
+        ok([]),  # too few
+        text("A snowy field.\n\nThen a meadow."),
+    ],
+    ids=["429", "500", "503", "malformed", "empty", "refusal", "too-many", "too-few", "prose"],
+)
+def test_each_transient_fault_is_retried_then_the_good_answer_wins(llm_server, sleeps, fault):
+    llm_server.enqueue(fault, ok(STATES))
+
+    result = call(llm_server, sleeps, max_states=8)
+
+    assert result.states == tuple(STATES)
+    assert [r.reply_kind for r in llm_server.requests] == [fault.kind, "ok"]
+    assert len(sleeps) == 1
+
+
+def test_retries_back_off_exponentially_with_jitter(llm_server, sleeps):
+    llm_server.enqueue(status(500), status(429), malformed(), empty(), ok(STATES))
+
+    call(llm_server, sleeps, backoff_s=0.1, max_backoff_s=10)
+
+    assert len(sleeps) == 4
+    for attempt, wait in enumerate(sleeps):
+        assert 0.05 * 2**attempt <= wait <= 0.1 * 2**attempt, (attempt, wait)
+
+
+def test_every_wait_is_capped_even_a_longer_retry_after(llm_server, sleeps):
+    llm_server.enqueue(status(500), status(500), status(429, retry_after_s=9), ok(STATES))
+
+    call(llm_server, sleeps, backoff_s=1.0, max_backoff_s=0.5)
+
+    assert sleeps == [0.5, 0.5, 0.5]
+
+
+def test_retry_after_longer_than_the_backoff_is_waited(llm_server, sleeps):
+    llm_server.enqueue(status(429, retry_after_s=0.7), ok(STATES))
+
+    call(llm_server, sleeps, backoff_s=0.01, max_backoff_s=5)
+
+    assert sleeps == [0.7]
+
+
+def test_a_failure_that_persists_raises_after_the_last_retry(llm_server, sleeps):
+    llm_server.enqueue(*[status(500)] * 3)
+
+    with pytest.raises(SynopsisError, match=r"after 3 call\(s\), server_error") as caught:
+        call(llm_server, sleeps, max_retries=2)
+
+    assert caught.value.kind == "server_error"
+    assert len(llm_server.requests) == 3 and len(sleeps) == 2
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+def test_persistent_bad_answers_fail_with_the_validation_reason(llm_server, sleeps):
+    llm_server.enqueue(ok(STATES), ok(STATES))
+
+    with pytest.raises(SynopsisError, match=r"3 states, more than num_frames=2") as caught:
+        call(llm_server, sleeps, max_retries=1, num_frames=2)
+
+    assert caught.value.kind == "too_many_states"
+    assert len(llm_server.requests) == 2
+
+
+@pytest.mark.parametrize("code", [401, 403, 400])
+def test_auth_and_request_errors_fail_at_once(llm_server, sleeps, code):
+    llm_server.enqueue(status(code), ok(STATES))
+
+    with pytest.raises(SynopsisError, match=r"after 1 call\(s\)") as caught:
+        call(llm_server, sleeps)
+
+    assert caught.value.kind == ("bad_request" if code == 400 else "auth")
+    assert len(llm_server.requests) == 1 and sleeps == []
+
+
+def test_a_slow_server_times_out_and_is_retried(llm_server, sleeps):
+    llm_server.enqueue(delay(0.9, ok(STATES)), ok(STATES))
+
+    result = synopsize(
+        PROMPT,
+        model=llm_server.model,
+        api_base=llm_server.api_base,
+        timeout=0.3,
+        max_retries=1,
+        sleep=sleeps,
+    )
+
+    assert result.states == tuple(STATES)
+    assert len(llm_server.requests) == 2 and len(sleeps) == 1
+
+
+def test_a_server_that_always_times_out_fails_as_timeout(llm_server, sleeps):
+    llm_server.enqueue(delay(0.9), delay(0.9))
+
+    with pytest.raises(SynopsisError) as caught:
+        synopsize(
+            PROMPT,
+            model=llm_server.model,
+            api_base=llm_server.api_base,
+            timeout=0.3,
+            max_retries=1,
+            sleep=sleeps,
+        )
+
+    assert caught.value.kind == "timeout"
+
+
+def test_an_unreachable_server_is_retried_as_a_connection_error(sleeps, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", TEST_API_KEY)
+    with FakeLLMServer() as gone:
+        api_base = gone.api_base  # a loopback port that refuses connections once it stops
+
+    with pytest.raises(SynopsisError) as caught:
+        synopsize(PROMPT, model=gone.model, api_base=api_base, max_retries=2, sleep=sleeps)
+
+    # litellm reports a refused connection as APIConnectionError or as a 500, by provider.
+    assert caught.value.kind in {"connection", "server_error"}
+    assert len(sleeps) == 2 and "Connection error" in str(caught.value)
+
+
+# -- keys -------------------------------------------------------------------------------------
+
+
+def test_the_key_reaches_the_server_but_no_output_error_or_log(llm_server, sleeps, caplog):
+    leaked = f"Sure, and your key is {TEST_API_KEY}."
+    llm_server.enqueue(text(leaked), status(401))
+    caplog.set_level(logging.DEBUG, logger="vstar_model")
+
+    with pytest.raises(SynopsisError) as caught:
+        call(llm_server, sleeps)
+    llm_server.enqueue(
+        ok([f"A field where someone wrote {TEST_API_KEY} in the snow.", "A green meadow."])
+    )
+    result = call(llm_server, sleeps)
+
+    assert all(r.headers["authorization"] == f"Bearer {TEST_API_KEY}" for r in llm_server.requests)
+    outputs = [str(caught.value), repr(caught.value), repr(result), caplog.text]
+    assert "injected HTTP 401" in outputs[0] and "[REDACTED]" in outputs[2]
+    for output in outputs:
+        assert TEST_API_KEY not in output
+
+
+def test_api_key_env_names_where_a_custom_key_lives(llm_server, sleeps, monkeypatch):
+    monkeypatch.setenv("MY_VLLM_SECRET", "custom-endpoint-secret-42")
+    llm_server.enqueue(status(401))
+
+    with pytest.raises(SynopsisError) as caught:
+        call(llm_server, sleeps, api_key_env="MY_VLLM_SECRET")
+
+    assert llm_server.requests[0].headers["authorization"] == "Bearer custom-endpoint-secret-42"
+    assert "custom-endpoint-secret-42" not in str(caught.value)
+
+
+def test_a_missing_key_variable_is_named_without_calling(llm_server, sleeps, monkeypatch):
+    monkeypatch.delenv("MY_VLLM_SECRET", raising=False)
+
+    with pytest.raises(ValueError, match="api_key_env='MY_VLLM_SECRET'"):
+        call(llm_server, sleeps, api_key_env="MY_VLLM_SECRET")
+
+    assert llm_server.requests == []
+
+
+@pytest.mark.parametrize("option", ["api_key", "max_retries", "messages", "response_format"])
+def test_completion_options_cannot_override_what_synopsize_controls(llm_server, sleeps, option):
+    with pytest.raises(ValueError, match=option):
+        call(llm_server, sleeps, completion_options={option: "x"})
+
+    assert llm_server.requests == []
+
+
+# -- litellm's mock (no HTTP at all) ----------------------------------------------------------
+
+
+def test_litellm_mock_answers_are_parsed_like_real_ones(sleeps, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", TEST_API_KEY)
+    answer = "```json\n" + json.dumps({"states": STATES}) + "\n```"
+
+    result = synopsize(
+        PROMPT, model="gpt-4o-mini", completion_options={"mock_response": answer}, sleep=sleeps
+    )
+
+    assert result.states == tuple(STATES) and result.llm_model == "gpt-4o-mini"
+
+
+def test_litellm_mock_rate_limits_are_retried_until_the_limit(sleeps):
+    with pytest.raises(SynopsisError) as caught:
+        synopsize(
+            PROMPT,
+            model="gpt-4o-mini",
+            max_retries=3,
+            completion_options={"mock_response": "litellm.RateLimitError"},
+            sleep=sleeps,
+        )
+
+    assert caught.value.kind == "rate_limited"
+    assert len(sleeps) == 3
+
+
+# -- many prompts -----------------------------------------------------------------------------
+
+
+def test_many_prompts_keep_their_order_and_one_failure_stays_with_its_prompt(llm_server, sleeps):
+    prompts = [f"a candle burning down, take {i}" for i in range(6)]
+    llm_server.enqueue_for("take 3", status(401))
+
+    results = synopsize_many(
+        prompts,
+        model=llm_server.model,
+        api_base=llm_server.api_base,
+        max_concurrency=3,
+        sleep=sleeps,
+    )
+
+    assert isinstance(results[3], SynopsisError) and results[3].kind == "auth"
+    for index, result in enumerate(results):
+        if index != 3:
+            assert isinstance(result, Synopsis) and result.prompt == prompts[index]
+            assert all(
+                prompts[index] in state for state in result.states
+            )  # the server echoes the prompt
+
+
+def test_many_prompts_never_exceed_the_concurrency_bound(llm_server, sleeps):
+    llm_server.enqueue(*[delay(0.2, ok(STATES))] * 6)
+
+    results = synopsize_many(
+        [f"prompt {i}" for i in range(6)],
+        model=llm_server.model,
+        api_base=llm_server.api_base,
+        max_concurrency=2,
+        sleep=sleeps,
+    )
+
+    assert all(isinstance(r, Synopsis) for r in results)
+    assert llm_server.max_in_flight == 2
+
+
+def test_many_prompts_check_arguments_before_any_call(llm_server):
+    with pytest.raises(ValueError, match=r"prompts\[1\] is empty"):
+        synopsize_many(
+            ["a boy growing old", " "], model=llm_server.model, api_base=llm_server.api_base
+        )
+    with pytest.raises(ValueError, match="max_concurrency must be >= 1, got 0"):
+        synopsize_many(["a boy growing old"], model=llm_server.model, max_concurrency=0)
+    assert synopsize_many([], model=llm_server.model) == []
+    assert llm_server.requests == []
+
+
+def test_the_test_server_stops_by_itself_after_its_lifetime():
+    server = FakeLLMServer(max_lifetime_s=0.05).start()
+
+    assert server.stopped.wait(timeout=30)
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
