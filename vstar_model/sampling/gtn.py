@@ -151,8 +151,9 @@ class GTNResult:
         noise: the fitted distribution; ``noise.sample`` is the ``initial_noise`` of
             :func:`~vstar_model.sampling.unet.generate_video`.
         step: the sampling step whose maps were compared; ``timestep`` its timestep.
-        history: per gradient step (and once after the last), ``attention_loss``, ``kl`` and
-            ``loss``; the last entry is the distribution returned.
+        history: ``attention_loss``, ``kl`` and ``loss`` of the start and after every gradient step.
+        best: the entry of ``history`` with the lowest loss: the distribution returned (a step
+            too far never makes the result worse than the start, the seed's own noise).
         reference: processor name → the real clip's map ``[N, N]`` at ``timestep``.
     """
 
@@ -160,6 +161,7 @@ class GTNResult:
     step: int
     timestep: int
     history: list[dict[str, float]] = field(default_factory=list)
+    best: int = 0
     reference: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     seconds: float = 0.0
 
@@ -241,6 +243,7 @@ def optimise_initial_noise(
                                      encoder_hidden_states, config.guidance_scale, names, use_reentrant=False)
                 return dict(zip(names, stacked))
 
+            best_state = {name: value.detach().clone() for name, value in noise.state_dict().items()}
             for iteration in range(gtn.steps + 1):
                 attention = attention_loss(reference, maps_at_step(noise.sample(standard)))
                 kl = noise.kl_to_standard()
@@ -248,13 +251,17 @@ def optimise_initial_noise(
                 result.history.append(
                     {"attention_loss": attention.item(), "kl": kl.item(), "loss": loss.item()}
                 )
+                if loss.item() < result.history[result.best]["loss"]:
+                    result.best = iteration
+                    best_state = {name: value.detach().clone() for name, value in noise.state_dict().items()}
                 if iteration == gtn.steps:
-                    break  # the last entry describes the distribution returned
+                    break  # the loss after the last step is known: no further step
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()
                 if progress is not None:
                     progress(iteration + 1, gtn.steps)
+    noise.load_state_dict(best_state)
     noise.requires_grad_(False)
     result.seconds = time.perf_counter() - start
     return result

@@ -27,7 +27,11 @@ VARIANTS: dict[str, tuple[bool, bool]] = {
     "tar": (False, True),
     "vsp": (True, False),
     "vstar": (True, True),
+    # Appendix B: the same, after fitting the initial noise to a real clip's temporal attention.
+    "gtn": (False, False),
+    "gtn+vstar": (True, True),
 }
+GTN_VARIANTS = frozenset({"gtn", "gtn+vstar"})
 
 
 @dataclass(frozen=True)
