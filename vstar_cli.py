@@ -135,19 +135,19 @@ def produce(
         None, "--tar-band-from", help="real clip whose frame similarity (with --metric) is ΔA at the TAR levels"
     ),
     gtn_reference: Optional[str] = typer.Option(None, help="real clip the gtn variants fit their initial noise to"),
-    gtn_steps: Optional[int] = typer.Option(None, min=0, help="GTN gradient steps [default: 20]"),
+    gtn_steps: Optional[int] = typer.Option(None, min=0, help="GTN gradient steps (default 20)"),
     gtn_timestep: Optional[int] = typer.Option(
-        None, min=0, help="GTN: compare attention at the sampling step nearest this timestep [default: 500]"
+        None, min=0, help="GTN: compare attention at the sampling step nearest this timestep (default 500)"
     ),
-    gtn_lr: Optional[float] = typer.Option(None, min=0.0, help="GTN: Adam learning rate [default: 0.05]"),
+    gtn_lr: Optional[float] = typer.Option(None, min=0.0, help="GTN: Adam learning rate (default 0.05)"),
     gtn_kl_weight: Optional[float] = typer.Option(
-        None, min=0.0, help="GTN: weight λ of KL(N(μ, Σ) ‖ N(0, I)) [default: 0.1]"
+        None, min=0.0, help="GTN: weight λ of KL(N(μ, Σ) ‖ N(0, I)) (default 0.1)"
     ),
     tuning_budget: Optional[int] = typer.Option(
-        None, min=1, help="--tar auto: trial videos per entry, at most [default: 8]"
+        None, min=1, help="--tar auto: trial videos per entry, at most (default 8)"
     ),
     tuning_levels: Optional[list[str]] = typer.Option(
-        None, help="--tar auto: TAR level sets to try, e.g. 64 and 64_32 (repeat) [default: 64]"
+        None, help="--tar auto: TAR level sets to try, e.g. 64 and 64_32 (repeat) (default 64)"
     ),
     steps: Optional[int] = typer.Option(None, min=1, help="denoising steps"),
     height: Optional[int] = typer.Option(None, min=8),

@@ -52,13 +52,18 @@ def test_a_clips_frame_similarity_is_the_band_and_enters_the_resume_key(clips, t
                                                                       monkeypatch):
     bikes = str(clips / "bikes.mp4")
     root = str(tmp_path / "out")
-    catalog = _catalog(tmp_path, "- id: rain\n  prompt: a rainbow appears\n  synopsis: [grey sky, a rainbow]\n")
-    first = _run(catalog, root, tiny_model_dir, tar_band_from=bikes, variants=["vstar", "vsp"])
-    rows = {row["variant"]: row for row in _rows(first)}
-    assert (rows["vstar"]["tar_band_clip"], rows["vstar"]["tar_band_metric"]) == (bikes, "pixel_cosine")
-    assert rows["vstar"]["tar_band_sha256"] == hashlib.sha256((clips / "bikes.mp4").read_bytes()).hexdigest()
-    assert rows["vstar"]["tar"] == "64D1"  # the levels; the band replaces σ
-    assert rows["vsp"]["tar_band_clip"] is None  # no TAR, no band
+    entry = "  prompt: a rainbow appears\n  synopsis: [grey sky, a rainbow]\n"
+    catalog = _catalog(tmp_path, f"- id: rain\n{entry}  tar_band_from: {bikes}\n- id: plain\n{entry}")
+    first = _run(catalog, root, tiny_model_dir, variants=["vstar", "vsp"])
+    rows = {(row["catalog_id"], row["variant"]): row for row in _rows(first)}
+    band = rows[("rain", "vstar")]
+    assert (band["tar_band_clip"], band["tar_band_metric"]) == (bikes, "pixel_cosine")
+    assert band["tar_band_sha256"] == hashlib.sha256((clips / "bikes.mp4").read_bytes()).hexdigest()
+    assert band["tar"] == "64D1"  # the levels; the clip's band replaces the Gaussian one
+    assert band["video_sha256"] != rows[("plain", "vstar")]["video_sha256"]
+    assert rows[("plain", "vstar")]["tar_band_clip"] is None
+    assert rows[("rain", "vsp")]["tar_band_clip"] is None  # no TAR, no band
+    assert rows[("rain", "vsp")]["video_sha256"] == rows[("plain", "vsp")]["video_sha256"]
     assert any(name.startswith("cache/bands/") for name in list_files(root))
     assert verify_manifest(first) == []
 
@@ -66,26 +71,12 @@ def test_a_clips_frame_similarity_is_the_band_and_enters_the_resume_key(clips, t
         raise AssertionError("generation was asked for")
 
     monkeypatch.setattr("tasks.generate.generate_video", must_not_generate)
-    # Same clip given per entry: the same video. Another clip, or none: another video (not in the cache).
-    catalog = _catalog(tmp_path, f"""\
-- id: same
-  prompt: a rainbow appears
-  synopsis: [grey sky, a rainbow]
-  tar_band_from: {bikes}
-- id: other-clip
-  prompt: a rainbow appears
-  synopsis: [grey sky, a rainbow]
-  tar_band_from: {clips / "carphone.mp4"}
-- id: no-clip
-  prompt: a rainbow appears
-  synopsis: [grey sky, a rainbow]
-""")
-    second = {row["catalog_id"]: row for row in _rows(_run(catalog, root, tiny_model_dir))}
-    assert second["same"]["status"] == "ok"
-    assert second["same"]["video_sha256"] == rows["vstar"]["video_sha256"]
-    assert second["other-clip"]["status"] == "failed" and second["no-clip"]["status"] == "failed"
+    # The same clip as the run's band: the same video, from the cache. Another clip: another video.
+    catalog = _catalog(tmp_path, f"- id: same\n{entry}- id: other-clip\n{entry}  tar_band_from: {clips / 'carphone.mp4'}\n")
+    second = {row["catalog_id"]: row for row in _rows(_run(catalog, root, tiny_model_dir, tar_band_from=bikes))}
+    assert second["same"]["status"] == "ok" and second["same"]["video_sha256"] == band["video_sha256"]
+    assert second["other-clip"]["status"] == "failed"
     assert second["other-clip"]["tar_band_clip"] == str(clips / "carphone.mp4")
-    assert len({row["sample_key"] for row in second.values()}) == 3
 
 
 def test_gtn_variants_fit_the_noise_to_a_reference_clip(clips, tiny_model_dir, tmp_path):
