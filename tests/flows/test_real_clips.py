@@ -163,6 +163,8 @@ def test_a_failed_search_fails_that_entrys_tar_videos_only(clips, tiny_model_dir
         (dict(tar="auto"), "needs a reference"),
         (dict(variants=["gtn"]), "need a real reference clip"),
         (dict(tar="off", tar_band_from="CLIP"), "needs TAR levels"),
+        (dict(tar="auto", tar_band_from="CLIP"), "give one of them"),
+        (dict(tar_band_from="CLIP", evaluation=EvaluationSettings(metric="none")), "needs a similarity metric"),
         (dict(tar_band_from="/no/such/clip.mp4"), "no such clip: /no/such/clip.mp4"),
     ],
 )
