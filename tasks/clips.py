@@ -19,6 +19,7 @@ from tasks.generate import GTNSettings, ReferenceBand
 from tasks.jobs import entry_frames, failure_reason
 from vstar_data.catalog import AUTO_TAR, CatalogEntry
 from vstar_model.sampling.unet import GTN_VARIANTS, VARIANTS
+from vstar_model.tar.unet import parse_tar
 from vstar_data.keys import content_key
 from vstar_data.storage import exists, filesystem, join, list_files, read_bytes, sha256, write_bytes_atomic
 
@@ -107,11 +108,12 @@ def check_clip_inputs(entries: list[CatalogEntry], parameters) -> None:
         source = band_source(entry, parameters) if uses_tar else None
         if source is not None:
             clips.add(source)
-            if tar in ("off", "none"):
-                problems.append(f"entry {entry.id!r}: tar_band_from {source} needs TAR levels, e.g. tar '64D1', not {tar!r}")
-            elif tar == AUTO_TAR:
+            if tar == AUTO_TAR:
                 problems.append(f"entry {entry.id!r}: tar 'auto' searches the Gaussian band's σ; "
                                 f"tar_band_from {source} replaces that band: give one of them")
+            elif parse_tar(tar) is None:
+                problems.append(f"entry {entry.id!r}: tar_band_from {source} needs TAR levels, e.g. tar '64D1', "
+                                f"not {tar!r}")
             if parameters.evaluation.metric == "none":
                 problems.append(f"entry {entry.id!r}: tar_band_from needs a similarity metric, not metric 'none'")
         if uses_gtn:
