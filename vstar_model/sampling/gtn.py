@@ -12,8 +12,11 @@ own noise. The parameters minimise (eq. 6–8)
 (:func:`~vstar_model.analysis.temporal_attention.real_video_attention`), ``A_t`` the maps of the
 conditional branch when the sampling loop reaches the step nearest ``t``: the loop runs from
 ``ε`` through the earlier steps with gradients, each UNet call under activation checkpointing, so
-memory holds one UNet call's activations whatever the number of steps. The optimisation sees the
-backbone's own attention; TAR, when asked for, acts in the final sampling only.
+memory holds one UNet call's activations whatever the number of steps. The maps come from
+:func:`~vstar_model.analysis.temporal_attention.capture_attention` run with gradients on: its plain
+map (no band) is differentiable, TAR's regularised one is not (its logits are changed in place),
+so the optimisation sees the backbone's own attention; TAR, when asked for, acts in the final
+sampling only.
 
 Positive definiteness: ``K_ij = γ^|i−j|`` (|γ| < 1) is the Kac–Murdock–Szegő matrix, whose
 eigenvalues lie strictly above ``(1 − |γ|)/(1 + |γ|)`` for every N; ``Σ = K + (β − 1)·I``, so
