@@ -99,6 +99,21 @@ def _checked_catalog(path: str, max_frames: int = 256):
         _fail(str(error))
 
 
+def _given(**options):
+    """The options the user set; the others keep the flow's defaults."""
+    return {name: value for name, value in options.items() if value is not None}
+
+
+def _level_sets(specs: list[str] | None) -> list[list[int]] | None:
+    """``["64", "64_32"]`` → ``[[64], [64, 32]]``."""
+    if not specs:
+        return None
+    try:
+        return [[int(level) for level in spec.split("_")] for spec in specs]
+    except ValueError:
+        raise ValueError(f"--tuning-levels takes levels joined by '_', e.g. 64 or 64_32, got {specs}") from None
+
+
 @app.command()
 def produce(
     catalog: str = typer.Argument(..., help="catalog file or URL (YAML, JSON, CSV, Parquet)"),
@@ -109,9 +124,30 @@ def produce(
     max_frames: int = typer.Option(256, min=1, help="largest frames a catalog entry may ask for"),
     samples: int = typer.Option(1, min=1, help="videos per prompt (seeds seed, seed+1, …)"),
     seed: int = typer.Option(0, min=0),
-    tar: str = typer.Option("64D1", help="TAR preset, e.g. 64D1, 64D4, 64D1_32D8, off"),
+    tar: str = typer.Option(
+        "64D1", help="TAR preset, e.g. 64D1, 64D4, 64D1_32D8, off; or auto: σ searched per entry (needs --reference)"
+    ),
     variant: list[str] = typer.Option(
-        ["vstar"], help="ablation variant(s), same seeds: vstar (VSP+TAR), tar, vsp, baseline; repeat for several"
+        ["vstar"], help="ablation variant(s), same seeds: vstar (VSP+TAR), tar, vsp, baseline, gtn, gtn+vstar "
+        "(noise fitted to --gtn-reference first); repeat for several"
+    ),
+    tar_band_from: Optional[str] = typer.Option(
+        None, "--tar-band-from", help="real clip whose frame similarity (with --metric) is ΔA at the TAR levels"
+    ),
+    gtn_reference: Optional[str] = typer.Option(None, help="real clip the gtn variants fit their initial noise to"),
+    gtn_steps: Optional[int] = typer.Option(None, min=0, help="GTN gradient steps (default 20)"),
+    gtn_timestep: Optional[int] = typer.Option(
+        None, min=0, help="GTN: compare attention at the sampling step nearest this timestep (default 500)"
+    ),
+    gtn_lr: Optional[float] = typer.Option(None, min=0.0, help="GTN: Adam learning rate (default 0.05)"),
+    gtn_kl_weight: Optional[float] = typer.Option(
+        None, min=0.0, help="GTN: weight λ of KL(N(μ, Σ) ‖ N(0, I)) (default 0.1)"
+    ),
+    tuning_budget: Optional[int] = typer.Option(
+        None, min=1, help="--tar auto: trial videos per entry, at most (default 8)"
+    ),
+    tuning_levels: Optional[list[str]] = typer.Option(
+        None, help="--tar auto: TAR level sets to try, e.g. 64 and 64_32 (repeat) (default 64)"
     ),
     steps: Optional[int] = typer.Option(None, min=1, help="denoising steps"),
     height: Optional[int] = typer.Option(None, min=8),
@@ -130,7 +166,13 @@ def produce(
 ) -> None:
     """Run the produce-dataset flow (Prefect's ephemeral API unless PREFECT_API_URL is set)."""
     entries = _checked_catalog(catalog, max_frames)  # before Prefect starts or anything is written
-    from flows.produce import produce_dataset
+    from pydantic import ValidationError
+
+    from flows.produce import ProduceParameters, produce_dataset
+    from tasks.generate import GTNSettings
+    from tasks.tuning import TuningSettings
+    from tasks.clips import check_clip_inputs
+    from tasks.tuning import check_tuning
     from tasks.evaluate import EvaluationSettings
     from tasks.jobs import ModelSettings, check_backbones
     from tasks.synopsize import LLMSettings
@@ -144,22 +186,33 @@ def produce(
     except BackboneNotFound as error:
         _fail(str(error))
     try:
+        parameters = dict(
+            catalog=catalog,
+            output_root=out,
+            frames=frames,
+            max_frames=max_frames,
+            samples_per_prompt=samples,
+            seed=seed,
+            tar=tar,
+            variants=variant,
+            gpu_slots=gpu_slots,
+            model=model_settings,
+            llm=LLMSettings(model=llm_model, api_base=llm_api_base),
+            evaluation=EvaluationSettings(metric=metric, fallback=fallback_metric, cache_dir=dreamsim_cache,
+                                          reference=reference),
+            tar_band_from=tar_band_from,
+            gtn=GTNSettings(**_given(reference=gtn_reference, steps=gtn_steps, timestep=gtn_timestep,
+                                     learning_rate=gtn_lr, kl_weight=gtn_kl_weight)),
+            tuning=TuningSettings(**_given(budget=tuning_budget, level_sets=_level_sets(tuning_levels))),
+        )
+        checked = ProduceParameters(**parameters)
+        check_clip_inputs(list(entries), checked)  # real clips and tar auto: before Prefect starts
+        check_tuning(list(entries), checked)
+    except (ValueError, ValidationError) as error:
+        _fail(str(error))
+    try:
         with local_flow_settings(), video_progress(_count_videos(entries, samples, len(variant))):
-            run_dir = produce_dataset(
-                catalog=catalog,
-                output_root=out,
-                frames=frames,
-                max_frames=max_frames,
-                samples_per_prompt=samples,
-                seed=seed,
-                tar=tar,
-                variants=variant,
-                gpu_slots=gpu_slots,
-                model=model_settings,
-                llm=LLMSettings(model=llm_model, api_base=llm_api_base),
-                evaluation=EvaluationSettings(metric=metric, fallback=fallback_metric, cache_dir=dreamsim_cache,
-                                              reference=reference),
-            )
+            run_dir = produce_dataset(**parameters)
     except DreamSimWeightsMissing as error:
         _fail(f"{error}\n(or pass --fallback-metric pixel_cosine / --metric none)")
     except BackboneNotFound as error:

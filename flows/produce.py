@@ -12,8 +12,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.catalogs import read_catalog
+from tasks.clips import check_clip_inputs, collect_bands, collect_gtn_references
 from tasks.evaluate import EvaluationSettings, check_evaluation, evaluate_sample
-from tasks.generate import generate_sample
+from tasks.generate import GTNSettings, generate_sample
 from tasks.jobs import (
     ModelSettings,
     check_backbones,
@@ -21,6 +22,7 @@ from tasks.jobs import (
     plan_jobs,
     results_or_failures,
     sample_failure_row,
+    set_aside_unresolved,
     submit_in_window,
 )
 from tasks.limits import ensure_concurrency_limit
@@ -28,6 +30,7 @@ from tasks.reference import check_reference, compare_with_reference
 from tasks.shards import run_shard, split_jobs
 from tasks.outputs import finish_run, publish_artifacts, write_plots, write_rows
 from tasks.synopsize import LLMSettings, failed_synopsis_row, synopsize_entry
+from tasks.tuning import TuningSettings, check_tuning, tune_jobs, write_tuning
 from vstar_data.runs import RunPaths, new_run_id
 from vstar_model.sampling.unet import VARIANTS
 
@@ -43,10 +46,13 @@ class ProduceParameters(BaseModel):
     max_frames: int = Field(256, ge=1, description="largest frames a catalog entry may ask for")
     samples_per_prompt: int = Field(1, ge=1)
     seed: int = Field(0, ge=0, description="first seed; an entry's samples use seed, seed+1, …")
-    tar: str = Field("64D1", description="TAR preset (64D1, 64D4, 64D1_32D8, off) or e.g. '64D2_32D8'")
-    variants: list[Literal["vstar", "tar", "vsp", "baseline"]] = Field(
+    tar: str = Field(
+        "64D1", description="TAR preset (64D1, 64D4, 64D1_32D8, off), e.g. '64D2_32D8', or 'auto' (σ searched per entry)"
+    )
+    variants: list[Literal["vstar", "tar", "vsp", "baseline", "gtn", "gtn+vstar"]] = Field(
         ["vstar"], min_length=1,
-        description="ablation variants, same seeds (paper Fig. 11): vstar = VSP + TAR, tar, vsp, baseline",
+        description="ablation variants, same seeds (paper Fig. 11): vstar = VSP + TAR, tar, vsp, baseline; "
+        "gtn, gtn+vstar: initial noise fitted to a real clip first (Appendix B)",
     )
     gpu_slots: int = Field(1, ge=1, description="videos generated at once, over all machines (size it to the GPUs)")
     shards: int = Field(1, ge=1, description="machines to spread generation over (with shard_deployment)")
@@ -56,6 +62,11 @@ class ProduceParameters(BaseModel):
     model: ModelSettings = ModelSettings()
     llm: LLMSettings = LLMSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
+    tar_band_from: str | None = Field(
+        None, description="a real clip whose frame similarity (the run's metric) is ΔA at the TAR levels (Fig. 9)"
+    )
+    gtn: GTNSettings = GTNSettings()
+    tuning: TuningSettings = TuningSettings()
 
     def uses_vsp(self) -> bool:
         """Whether any variant needs synopses (otherwise no LLM call is made)."""
@@ -78,6 +89,9 @@ def produce_dataset(
     model: ModelSettings = ModelSettings(),
     llm: LLMSettings = LLMSettings(),
     evaluation: EvaluationSettings = EvaluationSettings(),
+    tar_band_from: str | None = None,
+    gtn: GTNSettings = GTNSettings(),
+    tuning: TuningSettings = TuningSettings(),
 ) -> str:
     """Produce one versioned dataset run and return its directory URL.
 
@@ -91,6 +105,8 @@ def produce_dataset(
     metric = check_evaluation(p.evaluation)  # and missing metric weights
     if p.evaluation.reference:
         check_reference(p.evaluation.reference, metric)  # and an unusable reference
+    check_clip_inputs(entries, p)  # and real clips that are missing or cannot be used
+    check_tuning(entries, p)
     run = RunPaths(p.output_root, new_run_id())
     created_at = datetime.now(timezone.utc)
     logger.info("run %s: %d catalog entries → %s", run.run_id, len(entries), run.run_dir)
@@ -107,7 +123,12 @@ def produce_dataset(
     synopsis_rows = results_or_failures(synopses, entries, partial(failed_synopsis_row, llm=p.llm))
     write_rows(run.synopses, "synopses", quote(synopsis_rows), run.run_id)
 
-    jobs = plan_jobs(entries, synopsis_rows, p)
+    bands, unresolved = collect_bands(entries, p)
+    jobs = plan_jobs(entries, synopsis_rows, p, bands, collect_gtn_references(entries, p))
+    jobs, tuning_rows, failed_tuning = tune_jobs(jobs, p, run, metric, gpu_limit)
+    if tuning_rows:
+        write_tuning(run, quote(tuning_rows))
+    jobs, unresolved_rows = set_aside_unresolved(jobs, {**unresolved, **failed_tuning}, run)
     if p.shard_deployment:
         parts = split_jobs(jobs, p.shards)
         shard_runs = [run_shard.submit(p.shard_deployment, part, run, i, gpu_limit) for i, part in enumerate(parts)]
@@ -115,6 +136,7 @@ def produce_dataset(
     else:
         generated = submit_in_window(generate_sample, jobs, p.gpu_slots, run, gpu_limit)
         samples = results_or_failures(generated, jobs, partial(sample_failure_row, run=run))
+    samples += unresolved_rows
     write_rows(run.samples, "samples", quote(samples), run.run_id)
 
     scored = []  # (sample, similarity matrix)

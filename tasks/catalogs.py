@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from prefect import task
 
-from vstar_data.catalog import Catalog, CatalogEntry, load_catalog
+from vstar_data.catalog import AUTO_TAR, Catalog, CatalogEntry, load_catalog
 from vstar_model.backbones.presets import PRESETS
 
 
 def check_tar(spec: str) -> None:
     from vstar_model.tar.unet import parse_tar
 
-    parse_tar(spec)
+    if spec != AUTO_TAR:
+        parse_tar(spec)
 
 
 def read_catalog_checked(path_or_url: str, *, max_frames: int = 256) -> Catalog:

@@ -10,7 +10,7 @@ from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timezone
 
 from prefect import get_run_logger, task
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.models import cached_backbone
 from tasks.progress import report
@@ -20,8 +20,39 @@ from vstar_data.runs import CachePaths, RunPaths
 from vstar_data.storage import StorageError, exists, read_bytes, write_bytes_atomic
 from vstar_model.backbones.loading import pick_device, resolve_location
 from vstar_model.backbones.presets import get_preset
-from vstar_model.sampling.unet import SamplingConfig, generate_video
+from vstar_model.sampling.gtn import GTNConfig
+from vstar_model.sampling.unet import GeneratedVideo, SamplingConfig, generate_video
 from vstar_model.video.writer import encode_mp4, frame_strip
+
+
+class ReferenceBand(BaseModel):
+    """ΔA from a real clip (paper Fig. 9): its frame-similarity matrix at the video's frame count."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    matrix: list[list[float]]
+    clip: str  # absolute URL
+    metric: str  # the similarity that made the matrix
+    sha256: str  # of the clip
+
+
+class GTNSettings(BaseModel):
+    """Optimised initial noise (paper Appendix B) of the ``gtn`` and ``gtn+vstar`` variants.
+
+    Defaults are :class:`~vstar_model.sampling.gtn.GTNConfig`'s.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    reference: str | None = Field(None, description="real clip whose temporal attention the noise is fitted to")
+    timestep: int = Field(GTNConfig.timestep, ge=0, description="t of A_t: maps compared at the step nearest it")
+    kl_weight: float = Field(GTNConfig.kl_weight, ge=0, description="λ on KL(N(μ, Σ) ‖ N(0, I))")
+    steps: int = Field(GTNConfig.steps, ge=0, description="gradient steps")
+    learning_rate: float = Field(GTNConfig.learning_rate, gt=0)
+
+    def config(self) -> GTNConfig:
+        return GTNConfig(timestep=self.timestep, kl_weight=self.kl_weight, steps=self.steps,
+                         learning_rate=self.learning_rate)
 
 
 class SampleJob(BaseModel):
@@ -48,7 +79,10 @@ class SampleJob(BaseModel):
     fps: int
     tar: str = "off"
     vsp: bool = True
-    variant: str = "vstar"  # name only: vsp and tar above say what it means
+    variant: str = "vstar"  # name only: vsp, tar and gtn say what it means
+    tar_band: ReferenceBand | None = None  # ΔA from a real clip at tar's levels instead of the Gaussian band
+    gtn: GTNSettings | None = None  # initial noise fitted to gtn.reference (an absolute URL) first
+    gtn_reference_sha256: str | None = None
 
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(
@@ -64,7 +98,9 @@ class SampleJob(BaseModel):
     def key(self) -> str:
         """Content key: same inputs, same weights location, same device → same video."""
         location = resolve_location(get_preset(self.model), self.model_path)
-        inputs = self.model_dump(exclude={"entry_id", "synopsis_source", "model_path", "device", "dtype", "variant"})
+        # Unset optional inputs are left out, so videos made before they existed keep their keys.
+        inputs = self.model_dump(exclude={"entry_id", "synopsis_source", "model_path", "device", "dtype", "variant"},
+                                 exclude_none=True)
         return sample_key(**inputs, model_location=str(location), device=pick_device(self.device).type,
                           dtype=self.dtype or "default")
 
@@ -101,7 +137,90 @@ def sample_row(job: SampleJob, run: RunPaths, key: str, record: dict | None, err
         "encode_seconds": record.get("encode_seconds"),
         "created_at": datetime.fromisoformat(record["created_at"]) if ok else datetime.now(timezone.utc),
         "device": record.get("device"),
+        "tar_band_clip": job.tar_band.clip if job.tar_band else None,
+        "tar_band_metric": job.tar_band.metric if job.tar_band else None,
+        "tar_band_sha256": job.tar_band.sha256 if job.tar_band else None,
+        "gtn_reference": job.gtn.reference if job.gtn else None,
+        "gtn_reference_sha256": job.gtn_reference_sha256,
+        **{name: record.get(name) for name in GTN_RECORD_FIELDS},
     }
+
+
+GTN_RECORD_FIELDS = ("gtn_loss_initial", "gtn_loss_final", "gtn_beta", "gtn_gamma")
+
+
+def generate_job_video(model, job: SampleJob, progress=None) -> tuple[GeneratedVideo, dict]:
+    """The video of ``job`` and what its record adds: TAR with the job's ΔA from a real clip when
+    it has one, and for the GTN variants the initial noise fitted to the reference clip first.
+
+    ``progress`` sees one bar: the GTN gradient steps, then the denoising steps.
+    """
+    import torch
+
+    tar = job.tar
+    if job.tar_band is not None:
+        from vstar_model.tar.reference import reference_band_tar
+
+        tar = reference_band_tar(job.tar, torch.tensor(job.tar_band.matrix))
+    fitting = job.gtn.steps if job.gtn else 0
+    total = fitting + job.num_inference_steps
+
+    def report(offset: int):
+        return None if progress is None else lambda done, _: progress(offset + done, total)
+
+    initial_noise, record, fit_seconds = None, {}, 0.0
+    if job.gtn is not None:
+        from vstar_model.analysis.temporal_attention import resize_frames
+        from vstar_model.sampling.gtn import optimise_initial_noise
+        from vstar_model.video.reader import read_video_frames
+
+        frames = resize_frames(read_video_frames(job.gtn.reference, job.num_frames), job.height, job.width)
+        fit = optimise_initial_noise(model, job.states, job.sampling(), frames, seed=job.seed, gtn=job.gtn.config(),
+                                     progress=report(0))
+        initial_noise, fit_seconds = fit.initial_noise, fit.seconds
+        record = {"gtn_loss_initial": fit.history[0]["loss"], "gtn_loss_final": fit.history[fit.best]["loss"],
+                  "gtn_beta": float(fit.noise.beta), "gtn_gamma": float(fit.noise.gamma)}
+    generated = generate_video(model, job.states, job.sampling(), seed=job.seed, tar=tar, initial_noise=initial_noise,
+                               progress=report(fitting))
+    if job.gtn is not None:
+        generated.timings["gtn_seconds"] = fit_seconds
+    return generated, record
+
+
+def cached_sample(
+    job: SampleJob, output_root: str, progress=None, gpu_slot: Callable[[], AbstractContextManager] = nullcontext
+) -> tuple[str, dict, bool]:
+    """Make sure the video of ``job`` is in the cache under ``output_root``: (key, record, reused).
+
+    ``gpu_slot`` is entered around model loading and generation only: reusing a finished video
+    needs no GPU.
+    """
+    cache = CachePaths(output_root)
+    key = job.key()
+    if exists(cache.sample_record(key)):
+        return key, json.loads(read_bytes(cache.sample_record(key))), True
+    with gpu_slot():
+        model = cached_backbone(job.model, path=job.model_path, device=job.device, dtype=job.dtype)
+        generated, extra = generate_job_video(model, job, progress)
+    start = time.perf_counter()
+    video = encode_mp4(generated.frames, fps=job.fps)
+    strip = frame_strip(generated.frames)
+    encode_seconds = time.perf_counter() - start
+    record = {
+        "video_sha256": hashlib.sha256(video).hexdigest(),
+        "generate_seconds": sum(generated.timings.values()),
+        "encode_seconds": encode_seconds,
+        "created_at": datetime.now(timezone.utc).isoformat(),
+        "device": str(model.device),
+        "model_revision": model.revision,
+        "timings": generated.timings,
+        **extra,
+    }
+    # Payload first, record last: a record that exists means its video is complete.
+    write_bytes_atomic(cache.video(key), video)
+    write_bytes_atomic(cache.strip(key), strip)
+    write_bytes_atomic(cache.sample_record(key), json.dumps(record).encode())
+    return key, record, False
 
 
 def produce_sample(
@@ -109,41 +228,26 @@ def produce_sample(
 ) -> tuple[dict, bool]:
     """Generate (or reuse) the video of ``job`` and place it in the run directory.
 
-    ``gpu_slot`` is entered around model loading and generation only: reusing a finished video
-    needs no GPU. Returns the samples row and whether a finished video was reused.
+    Returns the samples row and whether a finished video was reused.
     """
-
+    key, record, reused = cached_sample(job, run.output_root, progress, gpu_slot)
     cache = CachePaths(run.output_root)
-    key = job.key()
-    if exists(cache.sample_record(key)):
-        record = json.loads(read_bytes(cache.sample_record(key)))
-        video, strip = read_bytes(cache.video(key)), read_bytes(cache.strip(key))
-        reused = True
-    else:
-        with gpu_slot():
-            model = cached_backbone(job.model, path=job.model_path, device=job.device, dtype=job.dtype)
-            generated = generate_video(model, job.states, job.sampling(), seed=job.seed, tar=job.tar, progress=progress)
-        start = time.perf_counter()
-        video = encode_mp4(generated.frames, fps=job.fps)
-        strip = frame_strip(generated.frames)
-        encode_seconds = time.perf_counter() - start
-        record = {
-            "video_sha256": hashlib.sha256(video).hexdigest(),
-            "generate_seconds": sum(generated.timings.values()),
-            "encode_seconds": encode_seconds,
-            "created_at": datetime.now(timezone.utc).isoformat(),
-            "device": str(model.device),
-            "model_revision": model.revision,
-            "timings": generated.timings,
-        }
-        # Payload first, record last: a record that exists means its video is complete.
-        write_bytes_atomic(cache.video(key), video)
-        write_bytes_atomic(cache.strip(key), strip)
-        write_bytes_atomic(cache.sample_record(key), json.dumps(record).encode())
-        reused = False
-    write_bytes_atomic(run.video(job.entry_id, job.seed, job.variant), video)
-    write_bytes_atomic(run.strip(job.entry_id, job.seed, job.variant), strip)
+    write_bytes_atomic(run.video(job.entry_id, job.seed, job.variant), read_bytes(cache.video(key)))
+    write_bytes_atomic(run.strip(job.entry_id, job.seed, job.variant), read_bytes(cache.strip(key)))
     return sample_row(job, run, key, record), reused
+
+
+def gpu_slot_for(concurrency_limit: str | None) -> Callable[[], AbstractContextManager]:
+    """A context holding one slot of Prefect's global concurrency limit ``concurrency_limit`` (if any)."""
+    from prefect.concurrency.sync import concurrency
+
+    def gpu_slot():
+        if not concurrency_limit:
+            return nullcontext()
+        # A short lease: if this process dies mid-video its GPU slot frees within a minute.
+        return concurrency(concurrency_limit, occupy=1, strict=True, lease_duration=60)
+
+    return gpu_slot
 
 
 @task(
@@ -154,8 +258,6 @@ def produce_sample(
 )
 def generate_sample(job: SampleJob, run: RunPaths, concurrency_limit: str | None = None) -> dict:
     """Thin Prefect task: hold a GPU slot, generate or reuse, log progress."""
-    from prefect.concurrency.sync import concurrency
-
     logger = get_run_logger()
 
     label = f"{job.entry_id} s{job.seed}" + ("" if job.variant == "vstar" else f" {job.variant}")
@@ -165,13 +267,7 @@ def generate_sample(job: SampleJob, run: RunPaths, concurrency_limit: str | None
         if done == total or done % max(1, total // 4) == 0:
             logger.info("%s seed %d: step %d/%d", job.entry_id, job.seed, done, total)
 
-    def gpu_slot():
-        if not concurrency_limit:
-            return nullcontext()
-        # A short lease: if this process dies mid-video its GPU slot frees within a minute.
-        return concurrency(concurrency_limit, occupy=1, strict=True, lease_duration=60)
-
-    row, reused = produce_sample(job, run, progress, gpu_slot)
+    row, reused = produce_sample(job, run, progress, gpu_slot_for(concurrency_limit))
     if reused:
         report(label, 1, 1)
     logger.info("%s seed %d: %s", job.entry_id, job.seed, "reused from cache" if reused else "generated")

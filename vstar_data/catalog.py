@@ -10,9 +10,11 @@ An entry::
         - a meadow full of spring flowers
       frames: 32                      # optional overrides of the run's parameters
       seeds: [0, 7]                   # or num_samples: 2 (not both)
-      tar: "..."                      # TAR preset/spec, checked by the injected validator
+      tar: "..."                      # TAR preset/spec or auto, checked by the injected validator
       model: "..."                    # model preset, checked by the injected validator
       negative_prompt: blurry, static
+      tar_band_from: clips/rainbow.mp4  # optional: ΔA from this real clip's frame similarity (Fig. 9)
+      gtn_reference: clips/bloom.mp4    # optional: the real clip of the gtn variants (Appendix B)
 
 YAML and JSON files hold a list of such mappings. CSV files have a header row naming these
 fields; empty cells are absent values; ``synopsis`` and ``seeds`` cells hold either a JSON
@@ -38,12 +40,21 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from vstar_data.runs import ENTRY_ID_PATTERN
 from vstar_data.storage import StorageError, read_bytes
 
 DEFAULT_MAX_FRAMES = 256
+AUTO_TAR = "auto"  # tar: auto, a σ searched per entry (tasks/tuning.py)
 MAX_TEXT_CHARS = 2000
 MAX_SEED = 2**63 - 1
 FORMATS = {".yaml": "yaml", ".yml": "yaml", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -66,6 +77,8 @@ class CatalogEntry(BaseModel):
     tar: str | None = Field(default=None, min_length=1)
     model: str | None = Field(default=None, min_length=1)
     negative_prompt: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
+    tar_band_from: str | None = Field(default=None, min_length=1)  # a real clip: its frame similarity is ΔA
+    gtn_reference: str | None = Field(default=None, min_length=1)  # a real clip for the gtn variants
 
     @field_validator("id")
     @classmethod
@@ -113,6 +126,14 @@ class CatalogEntry(BaseModel):
         if name is not None and check is not None:
             check(name)
         return name
+
+    @model_validator(mode="after")
+    def _band_or_search(self) -> CatalogEntry:
+        if self.tar == AUTO_TAR and self.tar_band_from is not None:
+            raise ValueError(
+                "tar 'auto' searches the σ of TAR's Gaussian band; tar_band_from replaces that band: give one of them"
+            )
+        return self
 
     def resolve_seeds(self, *, default_num_samples: int, base_seed: int) -> list[int]:
         """The seeds to generate: the entry's own, else ``base_seed, base_seed + 1, ...`` for

@@ -86,6 +86,11 @@ class RunPaths:
         return join(self.run_dir, "metrics.parquet")
 
     @property
+    def tuning(self) -> str:
+        """The trials of the automatic TAR σ search (``tar: auto``)."""
+        return join(self.run_dir, "tuning.parquet")
+
+    @property
     def videos_dir(self) -> str:
         return join(self.run_dir, "videos")
 
@@ -115,9 +120,9 @@ def _video_name(entry_id: str, seed: int, variant: str) -> str:
     name = f"{check_entry_id(entry_id)}__s{_check_seed(seed)}"
     if variant == DEFAULT_VARIANT:
         return name
-    if not re.fullmatch(r"[a-z0-9_]{1,32}", variant):
-        raise ValueError(f"variant must be 1-32 of [a-z0-9_], got {variant!r}")
-    return f"{name}__{variant}"
+    if not re.fullmatch(r"[a-z0-9_+]{1,32}", variant):
+        raise ValueError(f"variant must be 1-32 of [a-z0-9_+], got {variant!r}")
+    return f"{name}__{variant.replace('+', '_')}"  # S3 may read '+' in a key as a space
 
 
 def run_index_dir(output_root: str) -> str:

@@ -83,6 +83,17 @@ SAMPLES_SCHEMA = _schema(
     _optional("encode_seconds", pa.float64()),
     _required("created_at", TIMESTAMP),
     _optional("device", pa.string()),
+    # ΔA from a real clip (paper Fig. 9): the clip (absolute URL), the metric of its matrix, its hash.
+    _optional("tar_band_clip", pa.string()),
+    _optional("tar_band_metric", pa.string()),
+    _optional("tar_band_sha256", pa.string()),
+    # Optimised initial noise (Appendix B, gtn variants): the reference clip and the fit.
+    _optional("gtn_reference", pa.string()),
+    _optional("gtn_reference_sha256", pa.string()),
+    _optional("gtn_loss_initial", pa.float64()),
+    _optional("gtn_loss_final", pa.float64()),
+    _optional("gtn_beta", pa.float64()),
+    _optional("gtn_gamma", pa.float64()),
 )
 
 METRICS_SCHEMA = _schema(
@@ -119,6 +130,28 @@ ATTENTION_SCHEMA = _schema(
     _required("band_score", pa.float64()),
     _optional("gaussian_sigma", pa.float64()),
     _optional("gaussian_correlation", pa.float64()),
+)
+
+# The automatic TAR σ search (tar: auto): one row per trial video, the chosen one marked.
+TUNING_SCHEMA = _schema(
+    "tuning",
+    _required("run_id", pa.string()),
+    _required("catalog_id", pa.string()),
+    _required("trial", pa.int32()),  # 0-based, in the order tried
+    _required("levels", pa.string()),  # e.g. "64" or "64_32"
+    _required("sigma", pa.float64()),
+    _required("tar", pa.string()),  # the preset tried, e.g. "64D1.4"
+    _required("score", pa.float64()),  # mean per-k Wasserstein to the reference; lower is closer
+    _required("metric", pa.string()),
+    _required("reference", pa.string()),
+    _required("seed", pa.int64()),
+    _required("num_frames", pa.int32()),
+    _required("height", pa.int32()),
+    _required("width", pa.int32()),
+    _required("num_inference_steps", pa.int32()),
+    _required("sample_key", pa.string()),  # the trial video in cache/samples/
+    _required("chosen", pa.bool_()),  # the preset the entry's videos were generated with
+    _required("stopped", pa.string()),  # why its level set's search ended: budget | converged | repeated
 )
 
 # A reference distribution: the interval similarities of real clips, resampled to num_frames.

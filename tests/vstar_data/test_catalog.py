@@ -331,3 +331,25 @@ def test_resolve_seeds():
 
 def test_default_max_frames_matches_the_documented_limit():
     assert DEFAULT_MAX_FRAMES == 256
+
+
+@pytest.mark.parametrize("file_format", FORMATS)
+def test_real_clip_fields_and_tar_auto(file_format):
+    from tasks.catalogs import check_tar
+
+    entries = [
+        {"id": "band", "prompt": "a rainbow appears", "tar": "64D1", "tar_band_from": "clips/rainbow.mp4"},
+        {"id": "tuned", "prompt": "a peony blooms", "tar": "auto", "gtn_reference": "s3://clips/bloom.mp4"},
+    ]
+    catalog = parse(entries, file_format, check_tar=check_tar)
+    assert [(e.tar, e.tar_band_from, e.gtn_reference) for e in catalog] == [
+        ("64D1", "clips/rainbow.mp4", None), ("auto", None, "s3://clips/bloom.mp4"),
+    ]
+
+
+def test_tar_auto_and_a_band_from_a_clip_exclude_each_other():
+    entries = [{"id": "both", "prompt": "p", "tar": "auto", "tar_band_from": "clips/a.mp4"}]
+    with pytest.raises(CatalogError) as raised:
+        parse(entries, "yaml")
+    assert problems_of(raised) == [("row 1 (line 1)", None)]
+    assert "give one of them" in str(raised.value)

@@ -17,6 +17,7 @@ from vstar_data.schemas import (
     RUNS_SCHEMA,
     SAMPLES_SCHEMA,
     SYNOPSES_SCHEMA,
+    TUNING_SCHEMA,
     read_table,
     rows_to_table,
     table_run_id,
@@ -100,11 +101,21 @@ def run_row(run_id: str, index: int) -> dict:
     )
 
 
+def tuning_row(run_id: str, index: int) -> dict:
+    return dict(
+        run_id=run_id, catalog_id="entry-0", trial=index, levels="64" if index % 2 else "64_32", sigma=0.5 * 2**index,
+        tar=f"64D{0.5 * 2**index:g}", score=0.1 / (index + 1), metric="pixel_cosine", reference="references/real/x",
+        seed=0, num_frames=16, height=32, width=32, num_inference_steps=2, sample_key=f"{index:016x}",
+        chosen=index == 1, stopped="converged",
+    )
+
+
 TABLES = [
     (SYNOPSES_SCHEMA, synopsis_row),
     (SAMPLES_SCHEMA, sample_row),
     (METRICS_SCHEMA, metric_row),
     (RUNS_SCHEMA, run_row),
+    (TUNING_SCHEMA, tuning_row),
 ]
 
 
@@ -201,5 +212,5 @@ def test_missing_required_and_unknown_fields_are_rejected(tmp_path):
 
 def test_every_schema_is_tagged_with_its_table_name():
     names = [schema.metadata[b"vstar.table"] for schema, _ in TABLES]
-    assert names == [b"synopses", b"samples", b"metrics", b"runs"]
+    assert names == [b"synopses", b"samples", b"metrics", b"runs", b"tuning"]
     assert all(isinstance(schema, pa.Schema) for schema, _ in TABLES)

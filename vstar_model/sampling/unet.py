@@ -8,8 +8,8 @@ one pass; the same seed on the same device gives the same frames.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -27,7 +27,11 @@ VARIANTS: dict[str, tuple[bool, bool]] = {
     "tar": (False, True),
     "vsp": (True, False),
     "vstar": (True, True),
+    # Appendix B: the same, after fitting the initial noise to a real clip's temporal attention.
+    "gtn": (False, False),
+    "gtn+vstar": (True, True),
 }
+GTN_VARIANTS = frozenset({"gtn", "gtn+vstar"})
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,84 @@ def decode_latents(model: VideoModel, latents: torch.Tensor, chunk_size: int) ->
     return torch.cat(out)
 
 
+@contextmanager
+def text_conditioning(model: VideoModel, states: Sequence[str], config: SamplingConfig) -> Iterator[torch.Tensor]:
+    """The ``encoder_hidden_states`` of the guidance batch ``[unconditional, conditional]``.
+
+    For a synopsis of several states VSP's per-frame text is installed on the UNet while the block
+    is open (AnimateDiff's UNet takes the per-frame batch directly).
+    """
+    text = encode_text(model, [config.negative_prompt, *states])
+    uncond, cond_states = text[:1], text[1:]
+    cond_frames = interpolate_embeddings(cond_states, config.num_frames)
+    if model.family == "animatediff":
+        yield frame_batch(uncond, cond_frames)
+        return
+    if len(states) == 1:
+        yield torch.cat([uncond, cond_states])
+        return
+    with per_frame_text(model.unet, frame_batch(uncond, cond_frames)):
+        yield torch.cat([uncond, cond_states[:1]])
+
+
+def guided_noise(
+    model: VideoModel, scheduler, latents: torch.Tensor, t: torch.Tensor, encoder_hidden_states: torch.Tensor,
+    guidance_scale: float,
+) -> torch.Tensor:
+    """One UNet call on the guidance batch: ``ε_u + w·(ε_c − ε_u)`` (float32, shape of ``latents``)."""
+    latent_input = scheduler.scale_model_input(torch.cat([latents, latents]), t)
+    noise = model.unet(
+        latent_input.to(model.dtype), t, encoder_hidden_states=encoder_hidden_states, **model.unet_kwargs()
+    ).sample.float()
+    noise_uncond, noise_cond = noise.chunk(2)
+    return noise_uncond + guidance_scale * (noise_cond - noise_uncond)
+
+
+def denoise_step(
+    model: VideoModel,
+    scheduler,
+    latents: torch.Tensor,
+    t: torch.Tensor,
+    encoder_hidden_states: torch.Tensor,
+    config: SamplingConfig,
+    *,
+    generator: torch.Generator | None = None,
+    variance_noise: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One guided DDIM step from ``latents`` at ``t`` (η noise from ``generator`` or given)."""
+    noise = guided_noise(model, scheduler, latents, t, encoder_hidden_states, config.guidance_scale)
+    out = scheduler.step(noise, t, latents, eta=config.eta, generator=generator, variance_noise=variance_noise)
+    if scale is None:
+        return out.prev_sample
+    from vstar_model.backbones.videocrafter import rescale_ddim_step
+
+    return rescale_ddim_step(out.prev_sample, out.pred_original_sample, scheduler, t, scale)
+
+
+def sampling_schedule(model: VideoModel, config: SamplingConfig):
+    """A fresh DDIM scheduler (its own state per generation) set to ``config``'s steps."""
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler.from_config(model.scheduler.config)
+    scheduler.set_timesteps(config.num_inference_steps, device=model.device)
+    return scheduler
+
+
+def latent_shape(model: VideoModel, config: SamplingConfig) -> tuple[int, ...]:
+    """(1, C, N, h, w) of one video's latents."""
+    factor = model.vae_scale_factor
+    return (1, model.unet.config.in_channels, config.num_frames, config.height // factor, config.width // factor)
+
+
+def check_states(model: VideoModel, states: Sequence[str], config: SamplingConfig) -> None:
+    if not states:
+        raise ValueError("states must hold at least one text")
+    config.validate(model)
+    if len(states) > config.num_frames:
+        raise ValueError(f"{len(states)} states cannot be spread over {config.num_frames} frames")
+
+
 @torch.no_grad()
 def generate_video(
     model: VideoModel,
@@ -108,6 +190,7 @@ def generate_video(
     *,
     seed: int,
     tar=None,
+    initial_noise: Callable[[torch.Tensor], torch.Tensor] | None = None,
     progress: ProgressCallback | None = None,
 ) -> GeneratedVideo:
     """Generate one video of ``config.num_frames`` frames in a single denoising pass.
@@ -117,65 +200,37 @@ def generate_video(
             N−1; a single state is the plain prompt on every frame (VSP off).
         tar: a TAR setting for :func:`vstar_model.tar.unet.apply_tar` (a ``TARConfig``, a preset such as
             ``"64D1"``, a {level: σ} mapping), or None/"off" for the backbone's own attention.
+        initial_noise: maps the seed's standard normal draw ``[1, C, N, h, w]`` to the initial
+            latents, e.g. an optimised distribution (:mod:`vstar_model.sampling.gtn`); the η
+            noise of later steps is the seed's either way.
         progress: called with (steps done, total steps) after every denoising step.
 
     Raises:
         FloatingPointError: the denoised latents hold NaN or Inf.
     """
-    if not states:
-        raise ValueError("states must hold at least one text")
-    config.validate(model)
-    if len(states) > config.num_frames:
-        raise ValueError(f"{len(states)} states cannot be spread over {config.num_frames} frames")
-    from diffusers import DDIMScheduler
-
+    check_states(model, states, config)
     with model.lock:
         timings: dict[str, float] = {}
-        start = time.perf_counter()
-        text = encode_text(model, [config.negative_prompt, *states])
-        uncond, cond_states = text[:1], text[1:]
-        cond_frames = interpolate_embeddings(cond_states, config.num_frames)
-        timings["encode_text_seconds"] = time.perf_counter() - start
-
-        scheduler = DDIMScheduler.from_config(model.scheduler.config)  # own state per generation
-        scheduler.set_timesteps(config.num_inference_steps, device=model.device)
+        scheduler = sampling_schedule(model, config)
         generator = torch.Generator(device=model.device).manual_seed(seed)
-        factor = model.vae_scale_factor
-        shape = (
-            1,
-            model.unet.config.in_channels,
-            config.num_frames,
-            config.height // factor,
-            config.width // factor,
-        )
-        latents = torch.randn(shape, generator=generator, device=model.device, dtype=torch.float32)
+        latents = torch.randn(latent_shape(model, config), generator=generator, device=model.device,
+                              dtype=torch.float32)
+        if initial_noise is not None:
+            latents = initial_noise(latents)
         latents = latents * scheduler.init_noise_sigma
         scale = model.signal_scale()  # VideoCrafter2's rescaled schedule, else None
-        if scale is not None:
-            from vstar_model.backbones.videocrafter import rescale_ddim_step
 
         start = time.perf_counter()
         with ExitStack() as stack:
+            encoder_hidden_states = stack.enter_context(text_conditioning(model, states, config))
+            timings["encode_text_seconds"] = time.perf_counter() - start
+            start = time.perf_counter()
             tar_handle = stack.enter_context(apply_tar(model.unet, tar))
-            if model.family == "animatediff":
-                encoder_hidden_states = frame_batch(uncond, cond_frames)
-            else:
-                encoder_hidden_states = torch.cat([uncond, cond_states[:1]])
-                if len(states) > 1:
-                    stack.enter_context(per_frame_text(model.unet, frame_batch(uncond, cond_frames)))
             total = len(scheduler.timesteps)
             for step, t in enumerate(scheduler.timesteps):
                 tar_handle.set_step(step, total)
-                latent_input = scheduler.scale_model_input(torch.cat([latents, latents]), t)
-                noise = model.unet(
-                    latent_input.to(model.dtype), t, encoder_hidden_states=encoder_hidden_states, **model.unet_kwargs()
-                ).sample.float()
-                noise_uncond, noise_cond = noise.chunk(2)
-                noise = noise_uncond + config.guidance_scale * (noise_cond - noise_uncond)
-                out = scheduler.step(noise, t, latents, eta=config.eta, generator=generator)
-                latents = out.prev_sample
-                if scale is not None:
-                    latents = rescale_ddim_step(latents, out.pred_original_sample, scheduler, t, scale)
+                latents = denoise_step(model, scheduler, latents, t, encoder_hidden_states, config,
+                                       generator=generator, scale=scale)
                 if progress is not None:
                     progress(step + 1, total)
         timings["denoise_seconds"] = time.perf_counter() - start
