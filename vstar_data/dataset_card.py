@@ -39,6 +39,10 @@ def _counts(values: Sequence, empty: str = "—") -> str:
     return ", ".join(f"`{value}` × {count}" for value, count in sorted(counted.items())) or empty
 
 
+def _model(row: dict) -> str:
+    return row["model_preset"] + (f" @ {row['model_revision']}" if row["model_revision"] else "")
+
+
 def card_markdown(
     name: str,
     version: str,
@@ -84,7 +88,7 @@ def card_markdown(
         "## Provenance",
         "",
         f"- runs: {', '.join(f'`{run}`' for run in runs)}",
-        f"- models: {_counts([(r['model_preset'], r['model_revision']) for r in rows])}",
+        f"- models: {_counts([_model(r) for r in rows])}",
         f"- TAR: {_counts([r['tar'] for r in rows])}",
         f"- VSP: {_counts([r['vsp'] for r in rows])}; variants: {_counts([r['variant'] for r in rows])}",
         f"- synopses: {_counts([r['synopsis_source'] for r in rows])}; template versions: "
