@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import io
 from datetime import datetime
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.retries import retry_unless
-from vstar_data.curate import Condition, Ranking, candidates, index_table, select
+from vstar_data.curate import Condition, Ranking, candidates, index_table, select, write_index
 from vstar_data.dataset_card import card_markdown, metric_histograms_png
 from vstar_data.manifest import list_runs
 from vstar_data.runs import DatasetPaths, RunPaths, check_run_id
-from vstar_data.schemas import RUN_ID_KEY
 from vstar_data.storage import StorageError, exists, read_bytes, write_bytes_atomic
 from vstar_data.uris import absolute_url
 
@@ -65,10 +62,7 @@ def select_clips(table: pa.Table, conditions: list[Condition], dedup_threshold: 
 def write_dataset_index(dataset: DatasetPaths, selected: pa.Table) -> pa.Table:
     """``index.parquet`` of the dataset (videos referenced, not copied); returns the index."""
     index = index_table(selected, dataset.index, dataset.output_root)
-    index = index.replace_schema_metadata({**index.schema.metadata, RUN_ID_KEY: dataset.version.encode()})
-    buffer = io.BytesIO()
-    pq.write_table(index, buffer)
-    write_bytes_atomic(dataset.index, buffer.getvalue())
+    write_index(dataset.index, index, dataset.version)
     return index
 
 

@@ -29,6 +29,7 @@ import pytest  # noqa: E402
 
 import vstar_model  # noqa: E402,F401  (torchvision compat before any other import)
 from tests import network_guard  # noqa: E402
+from tests.s3_server import s3_bucket, s3_endpoint  # noqa: E402,F401  (fixtures)
 
 network_guard.install()
 

@@ -19,6 +19,7 @@ number, ``true``/``false``, a quoted string, a bare word (``status == ok``) or f
 
 from __future__ import annotations
 
+import io
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -26,10 +27,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from vstar_data.runs import RunPaths
-from vstar_data.schemas import DATASET_SCHEMA, read_table
-from vstar_data.storage import exists
+from vstar_data.schemas import DATASET_SCHEMA, RUN_ID_KEY, read_table
+from vstar_data.storage import exists, write_bytes_atomic
 from vstar_data.uris import recorded_uri, resolve_uri
 
 # Columns every candidate table has besides the metric columns; internal ones start with "_".
@@ -388,6 +390,15 @@ def _metric_structs(table: pa.Table) -> pa.Array:
 def _is_metric_column(name: str) -> bool:
     """Pivoted metric columns: the headline ones and every ``<name>@<k>`` (samples columns have no ``@``)."""
     return name in HEADLINE_METRICS or "@" in name
+
+
+def write_index(url: str, index: pa.Table, version: str) -> None:
+    """Write a dataset index (``DATASET_SCHEMA``) atomically, its version in the schema metadata."""
+    index = index.cast(DATASET_SCHEMA).replace_schema_metadata({**DATASET_SCHEMA.metadata,
+                                                                 RUN_ID_KEY: version.encode()})
+    buffer = io.BytesIO()
+    pq.write_table(index, buffer)
+    write_bytes_atomic(url, buffer.getvalue())
 
 
 def index_table(selected: pa.Table, index_url: str, output_root: str) -> pa.Table:
