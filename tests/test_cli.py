@@ -18,7 +18,8 @@ def _vstar(*args, env=None, tmp_path):
 
 def test_every_command_has_help(tmp_path):
     for command in (["--help"], ["produce", "--help"], ["evaluate", "--help"], ["analyze", "--help"],
-                    ["runs", "list", "--help"], ["catalog", "validate", "--help"]):
+                    ["runs", "list", "--help"], ["catalog", "validate", "--help"], ["curate", "--help"],
+                    ["export", "--help"]):
         result = _vstar(*command, tmp_path=tmp_path)
         assert result.returncode == 0 and "Usage" in result.stdout, (command, result.stderr)
 
