@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 from prefect import get_run_logger, task
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from tasks.models import cached_embedder
 from vstar_data.runs import CachePaths, RunPaths
 from vstar_data.storage import exists, read_bytes, write_bytes_atomic
-from vstar_data.uris import resolve_uri
+from vstar_data.uris import absolute_url, resolve_uri
 
 
 class EvaluationSettings(BaseModel):
@@ -28,6 +28,12 @@ class EvaluationSettings(BaseModel):
     cache_dir: str | None = None
     device: str | None = None
     reference: str | None = None  # a build-reference output to compare each variant with
+
+    @field_validator("reference")
+    @classmethod
+    def _absolute_reference(cls, reference: str | None) -> str | None:
+        # Recorded in metrics.parquet and the manifest: a reader elsewhere must find it.
+        return absolute_url(reference) if reference else reference
 
 
 def settings_embedder(settings: EvaluationSettings):

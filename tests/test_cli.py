@@ -48,3 +48,14 @@ def test_flow_heartbeats_are_off_only_against_the_ephemeral_api():
         assert get_current_settings().flows.heartbeat_frequency is None
     with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:4200/api"}), local_flow_settings():
         assert get_current_settings().flows.heartbeat_frequency == 180  # a server watches them: Prefect's default
+
+
+def test_curate_and_export_errors_are_one_line_with_a_scheduler_exit_code(tmp_path):
+    result = _vstar("curate", "--root", str(tmp_path), "--name", "d", "--where", "coherence >> 0.8", tmp_path=tmp_path)
+    assert result.returncode == 2 and "in condition 'coherence >> 0.8'" in result.stderr
+    result = _vstar("export", str(tmp_path / "nothing"), "--format", "webdataset", "--out", str(tmp_path / "o"),
+                    tmp_path=tmp_path)
+    assert result.returncode == 2 and "no curated dataset at" in result.stderr
+    result = _vstar("export", str(tmp_path), "--format", "tfrecord", "--out", str(tmp_path / "o"), tmp_path=tmp_path)
+    assert result.returncode == 2 and "unknown format 'tfrecord'" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr

@@ -16,6 +16,7 @@ Both write to any fsspec URL, check every video against its ``video_sha256``, an
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -125,8 +126,6 @@ def _check_empty(out: str) -> None:
 def _verified_video(row: dict, index_url: str) -> bytes:
     url = resolve_uri(index_url, row["video_uri"])
     data = read_bytes(url)
-    import hashlib
-
     if hashlib.sha256(data).hexdigest() != row["video_sha256"]:
         raise ExportError(f"{url} does not match the sha256 the dataset recorded for clip {row['clip_id']}")
     return data
@@ -155,15 +154,20 @@ def _video_sizes(table: pa.Table, index_url: str) -> list[int]:
     return [sizes.get(uri, 0) for uri in uris]
 
 
-def export_webdataset(dataset: str, out: str, *, max_count: int = 1000, max_bytes: int | None = None,
-                      progress: Progress | None = None) -> list[str]:
-    """WebDataset shards of a curated dataset (see the module docstring); returns the shard URLs."""
+def _plan_export(dataset: str, out: str, max_count: int, max_bytes: int | None):
+    """(dataset version folder, index URL, index, absolute empty output URL, shards of row numbers)."""
     dataset_dir = dataset_version_dir(dataset)
     index_url, table = read_index(dataset_dir)
     out = absolute_url(out).rstrip("/")
     _check_empty(out)
+    return dataset_dir, index_url, table, out, plan_shards(_video_sizes(table, index_url), max_count, max_bytes)
+
+
+def export_webdataset(dataset: str, out: str, *, max_count: int = 1000, max_bytes: int | None = None,
+                      progress: Progress | None = None) -> list[str]:
+    """WebDataset shards of a curated dataset (see the module docstring); returns the shard URLs."""
+    dataset_dir, index_url, table, out, shards = _plan_export(dataset, out, max_count, max_bytes)
     rows = table.to_pylist()
-    shards = plan_shards(_video_sizes(table, index_url), max_count, max_bytes)
     urls, done = [], 0
     for number, members in enumerate(shards):
         urls.append(join(out, f"{number:06d}.tar"))
@@ -203,11 +207,7 @@ def hf_readme(card: str, shards: int) -> str:
 def export_hf(dataset: str, out: str, *, max_count: int = 1000, max_bytes: int | None = None,
               progress: Progress | None = None) -> list[str]:
     """A Hugging Face datasets layout of a curated dataset (see the module docstring); returns the Parquet URLs."""
-    dataset_dir = dataset_version_dir(dataset)
-    index_url, table = read_index(dataset_dir)
-    out = absolute_url(out).rstrip("/")
-    _check_empty(out)
-    shards = plan_shards(_video_sizes(table, index_url), max_count, max_bytes)
+    dataset_dir, index_url, table, out, shards = _plan_export(dataset, out, max_count, max_bytes)
     schema = DATASET_SCHEMA.append(pa.field("video", VIDEO_STRUCT)).with_metadata(
         {**DATASET_SCHEMA.metadata, RUN_ID_KEY: (table_run_id(table) or "").encode()})
     urls, done = [], 0

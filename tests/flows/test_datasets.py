@@ -35,9 +35,9 @@ VSTAR = str(Path(sys.executable).with_name("vstar"))
 CATALOG = "- id: dusk\n  prompt: a street from day to night\n  synopsis: [a sunny street, a street at night]\n"
 
 
-def _produce(catalog, root, tiny_model_dir, frames: int | None = 8):
+def _produce(catalog, root, tiny_model_dir, frames: int | None = 8, steps: int | None = 1):
     return produce_dataset(catalog=str(catalog), output_root=root, frames=frames,
-                           model=ModelSettings(path=str(tiny_model_dir), steps=1),
+                           model=ModelSettings(path=str(tiny_model_dir), steps=steps),
                            evaluation=EvaluationSettings(metric="pixel_cosine"))
 
 
@@ -133,8 +133,9 @@ def test_curate_two_demo_runs_export_both_formats_and_train_from_shards_and_a_bu
 ):
     root = str(tmp_path / "outputs")
     demo = REPO / "catalogs" / "demo.yaml"
-    first = _produce(demo, root, tiny_model_dir, frames=None)
-    second = _produce(demo, root, tiny_model_dir, frames=None)  # resumed: the same four videos again
+    # The demo's own settings (16 frames, the preset's steps): one step would make near-identical noise.
+    first = _produce(demo, root, tiny_model_dir, frames=None, steps=None)
+    second = _produce(demo, root, tiny_model_dir, frames=None, steps=None)  # resumed: the same four videos
 
     dataset = _vstar("curate", "--root", root, "--name", "demo", "--where", "status == ok",
                      "--where", "temporal_flicker > 0", "--dedup", "0.999")[-1]

@@ -147,15 +147,6 @@ def _output_size(height: int, width: int, size: int | tuple[int, int] | None) ->
     return size
 
 
-def count_frames(file) -> int:
-    """Frames of the first video stream of ``file``: from the container, else by demuxing."""
-    import av
-
-    with av.open(file) as container:
-        stream = container.streams.video[0]
-        return stream.frames or sum(1 for packet in container.demux(stream) if packet.size)
-
-
 VIDEO_SUFFIXES = (".mp4", ".gif", ".webm", ".mov", ".mkv", ".avi")
 
 
