@@ -8,7 +8,7 @@ from prefect import flow, get_run_logger
 from prefect.utilities.annotations import quote
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.curate import read_candidates, run_directories, select_clips, write_dataset_card, write_dataset_index
+from tasks.curate import read_candidates, select_clips, select_runs, write_dataset_card, write_dataset_index
 from tasks.outputs import write_directory_manifest
 from vstar_data.curate import Ranking, parse_condition
 from vstar_data.runs import DatasetPaths, check_entry_id, new_run_id
@@ -51,7 +51,7 @@ def curate_dataset(
     check_entry_id(p.name)
     conditions = [parse_condition(text) for text in p.where]  # a bad condition stops before any read
     Ranking.parse(p.keep_best)
-    run_dirs = run_directories(p.output_root, p.runs, p.since, p.until)
+    run_dirs = select_runs(p.output_root, p.runs, p.since, p.until)
     table = read_candidates(run_dirs)
     selected, steps = select_clips(quote(table), conditions, p.dedup_threshold, p.keep_best, p.max_per_prompt)
     dataset = DatasetPaths(p.output_root, p.name, new_run_id())

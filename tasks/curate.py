@@ -19,7 +19,8 @@ from vstar_data.uris import absolute_url
 EXAMPLES = 4  # frame strips shown on the card
 
 
-def run_directories(output_root: str, runs: list[str], since: datetime | None, until: datetime | None) -> list[str]:
+@task(task_run_name="select-runs", retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_unless(ValueError, StorageError))
+def select_runs(output_root: str, runs: list[str], since: datetime | None, until: datetime | None) -> list[str]:
     """The run directories to curate: ``runs`` (run ids under ``output_root`` or run directory
     URLs) or else every finished run of the run index, optionally created in [since, until)."""
     if runs and (since or until):
@@ -37,7 +38,7 @@ def run_directories(output_root: str, runs: list[str], since: datetime | None, u
 
 
 @task(task_run_name="read-candidates", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5],
-      retry_condition_fn=retry_unless(ValueError))
+      retry_condition_fn=retry_unless(ValueError, StorageError))
 def read_candidates(run_dirs: list[str]) -> pa.Table:
     """Candidate clips of the runs: their ok videos with metrics as columns."""
     table = candidates(run_dirs)

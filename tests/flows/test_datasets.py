@@ -143,6 +143,11 @@ def test_curate_two_demo_runs_export_both_formats_and_train_from_shards_and_a_bu
     # The second run's videos are byte-identical copies: near-duplicate removal keeps one of each.
     assert len(index) == 4 and {r["run_id"] for r in index} <= {first.rsplit("/", 1)[-1], second.rsplit("/", 1)[-1]}
     assert {r["catalog_id"] for r in index} == {"winter-to-spring", "candle-burning-down", "sunset-over-city"}
+    typo = subprocess.run([VSTAR, "curate", "--root", root, "--name", "typo", "--where", "coherance >= 0.8"],
+                          env={**os.environ, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"},
+                          capture_output=True, text=True, timeout=600)
+    assert typo.returncode == 2 and "unknown column 'coherance'" in typo.stderr and "coherence" in typo.stderr
+    assert "Traceback" not in typo.stderr
     winter = next(r for r in index if r["catalog_id"] == "winter-to-spring")
     assert len(winter["frame_captions"]) == 16 and winter["frame_captions"][0] == winter["states"][0]
 
