@@ -189,26 +189,21 @@ class Ranking:
 
 # ---- candidates -----------------------------------------------------------------------------
 
-def _metric_label(name: str, k: int) -> str:
-    return name if k == -1 else f"{name}@{k}"
-
-
 def _pivot(rows: pa.Table, keys: pa.Array, key_of_row: pa.Array) -> dict[str, pa.Array]:
-    """Metric rows (name, k, value) pivoted to one float column per label over ``keys``."""
+    """Metric rows (name, k, value) pivoted to one float column per label (``name`` for k = -1,
+    else ``name@k``) over ``keys``; vectorised, since a 16-frame run has ~110 rows per video."""
     if rows.num_rows == 0:
         return {}
-    ks = rows["k"].to_numpy()
-    names = rows["name"].to_pylist()
-    labels = [_metric_label(name, int(k)) for name, k in zip(names, ks)]
-    unique = sorted(set(labels))
-    column_of = {label: i for i, label in enumerate(unique)}
-    row_index = pc.index_in(key_of_row, value_set=keys).to_numpy(zero_copy_only=False)
-    values = np.full((len(keys), len(unique)), np.nan)
-    found = ~np.isnan(row_index.astype(np.float64))
-    values[row_index[found].astype(np.int64), np.array([column_of[x] for x in labels])[found]] = (
+    with_k = pc.binary_join_element_wise(rows["name"], pc.cast(rows["k"], pa.string()), "@")
+    labels = pc.if_else(pc.equal(rows["k"], -1), rows["name"], with_k).combine_chunks().dictionary_encode()
+    row_index = pc.index_in(key_of_row, value_set=keys)
+    found = pc.is_valid(row_index).to_numpy(zero_copy_only=False)
+    values = np.full((len(keys), len(labels.dictionary)), np.nan)
+    values[pc.fill_null(row_index, 0).to_numpy()[found], labels.indices.to_numpy()[found]] = (
         rows["value"].to_numpy()[found]
     )
-    return {label: pa.array(values[:, i], mask=np.isnan(values[:, i])) for label, i in column_of.items()}
+    return {label: pa.array(values[:, i], mask=np.isnan(values[:, i]))
+            for i, label in enumerate(labels.dictionary.to_pylist())}
 
 
 def run_candidates(run_dir: str) -> pa.Table:
@@ -252,15 +247,14 @@ def run_candidates(run_dir: str) -> pa.Table:
             columns["reference"] = pa.array([reference.get(v) for v in variants.to_pylist()], pa.string())
     columns["similarity_metric"] = pa.array(similarity, pa.string())
 
-    embeddings, embedding_metric = [None] * n, [None] * n
     if exists(run.embeddings):
         table = read_table(run.embeddings)
-        by_key = dict(zip(table["sample_key"].to_pylist(), zip(table["embedding"].to_pylist(),
-                                                               table["metric"].to_pylist())))
-        for i, key in enumerate(keys.to_pylist()):
-            embeddings[i], embedding_metric[i] = by_key.get(key, (None, None))
-    columns[EMBEDDING] = pa.array(embeddings, pa.list_(pa.float32()))
-    columns[EMBEDDING_METRIC] = pa.array(embedding_metric, pa.string())
+        position = pc.index_in(keys, value_set=table["sample_key"].combine_chunks())
+        columns[EMBEDDING] = pc.take(table["embedding"], position)
+        columns[EMBEDDING_METRIC] = pc.take(table["metric"], position)
+    else:
+        columns[EMBEDDING] = pa.nulls(n, pa.list_(pa.float32()))
+        columns[EMBEDDING_METRIC] = pa.nulls(n, pa.string())
     return pa.table(columns)
 
 

@@ -6,7 +6,8 @@ frames sampled), ``prompt``, ``captions`` (the synopsis state each sampled frame
 ``metadata`` (the index row: states, keyframes, metrics, provenance). Batch them with
 ``collate_clips``. Videos are decoded with PyAV straight from any fsspec URL, seeking to the
 first sampled frame and stopping after the last. Both work with ``num_workers > 0``: items hold
-only URLs, and each worker opens its own files.
+only URLs, and each worker opens its own files. ``storage_options`` (e.g. ``{"endpoint_url": …}``)
+go to fsspec for every file; by default fsspec's own configuration applies (environment, ~/.aws).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from vstar_data.export import dataset_version_dir, read_index
 from vstar_data.runs import RunPaths
 from vstar_data.schemas import read_table
-from vstar_data.storage import exists, filesystem, join
+from vstar_data.storage import exists, join
 from vstar_data.uris import absolute_url, resolve_uri
 from vstar_model.video.reader import decode_frames_at, even_indices
 
@@ -135,13 +136,20 @@ def _run_rows(run_dir: str) -> list[dict]:
     return rows
 
 
+def _open(url: str, storage_options: dict | None):
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    return fs.open(path, "rb")
+
+
 class VideoDataset(Dataset):
     """Map-style dataset over the clips of a curated dataset (its version folder, or its name
     folder for the newest version) or of a run directory (its ok videos)."""
 
-    def __init__(self, source: str, sampling: FrameSampling = FrameSampling()):
+    def __init__(self, source: str, sampling: FrameSampling = FrameSampling(), *,
+                 storage_options: dict | None = None):
         source = absolute_url(source).rstrip("/")
         self.sampling = sampling
+        self.storage_options = storage_options
         if exists(join(source, "samples.parquet")):
             self.rows = _run_rows(source)
         else:
@@ -154,12 +162,12 @@ class VideoDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = self.rows[index]
-        with fsspec.open(row["video_uri"], "rb") as file:
+        with _open(row["video_uri"], self.storage_options) as file:
             frames, indices = self.sampling.frames(file, row["num_frames"])
         return _item(frames, indices, row)
 
 
-def expand_shards(shards: str | list[str]) -> list[str]:
+def expand_shards(shards: str | list[str], storage_options: dict | None = None) -> list[str]:
     """Shard URLs from a list, a folder or bucket prefix (every ``*.tar`` in it, in name order),
     or a brace pattern ``…/{000000..000009}.tar``."""
     if isinstance(shards, list):
@@ -170,7 +178,7 @@ def expand_shards(shards: str | list[str]) -> list[str]:
         return [absolute_url(shards[:match.start()] + f"{i:0{len(first)}d}" + shards[match.end():])
                 for i in range(int(first), int(last) + 1)]
     folder = absolute_url(shards).rstrip("/")
-    fs, path = filesystem(folder)
+    fs, path = fsspec.core.url_to_fs(folder, **(storage_options or {}))
     names = sorted(name.rsplit("/", 1)[-1] for name in fs.ls(path, detail=False) if name.endswith(".tar"))
     if not names:
         raise FileNotFoundError(f"no .tar shards in {shards}")
@@ -187,10 +195,10 @@ def _consumer() -> tuple[int, int]:
     return rank * workers + worker_id, world * workers
 
 
-def read_shard(url: str) -> Iterator[tuple[bytes, dict]]:
+def read_shard(url: str, storage_options: dict | None = None) -> Iterator[tuple[bytes, dict]]:
     """(mp4 bytes, metadata) of each sample of a WebDataset shard, streamed."""
     pending: dict[str, dict[str, bytes]] = {}
-    with fsspec.open(url, "rb") as file, tarfile.open(fileobj=file, mode="r|") as tar:
+    with _open(url, storage_options) as file, tarfile.open(fileobj=file, mode="r|") as tar:
         for member in tar:
             if not member.isfile():
                 continue
@@ -212,8 +220,9 @@ class IterableVideoDataset(IterableDataset):
     """
 
     def __init__(self, shards: str | list[str], sampling: FrameSampling = FrameSampling(), *,
-                 shuffle_shards: bool = False, seed: int = 0):
-        self.shards = expand_shards(shards)
+                 shuffle_shards: bool = False, seed: int = 0, storage_options: dict | None = None):
+        self.storage_options = storage_options
+        self.shards = expand_shards(shards, storage_options)
         self.sampling = sampling
         self.shuffle_shards = shuffle_shards
         self.seed = seed
@@ -234,7 +243,7 @@ class IterableVideoDataset(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for url in self.shards_of_this_consumer():
-            for video, metadata in read_shard(url):
+            for video, metadata in read_shard(url, self.storage_options):
                 frames, indices = self.sampling.frames(io.BytesIO(video), metadata["num_frames"])
                 yield _item(frames, indices, metadata)
 

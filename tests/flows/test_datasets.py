@@ -76,14 +76,15 @@ def test_a_run_written_with_a_relative_out_resolves_from_another_cwd_and_after_a
     assert item["frames"].shape == (8, 3, 64, 64) and item["captions"][0] == "a sunny street"
 
 
-def test_a_run_in_a_bucket_resolves_and_loads_with_two_workers(tmp_path, s3_bucket, tiny_model_dir):
+def test_a_run_in_a_bucket_resolves_and_loads_with_two_workers(tmp_path, s3_bucket, s3_endpoint, tiny_model_dir):
     catalog = tmp_path / "catalog.yaml"
     catalog.write_text(CATALOG + "  seeds: [0, 1]\n")
     run_dir = _produce(catalog, f"{s3_bucket}/vstar", tiny_model_dir)
     assert run_dir.startswith(f"{s3_bucket}/vstar/runs/")
     _assert_run_resolves(run_dir)
     assert verify_manifest(run_dir) == []
-    clips = VideoDataset(run_dir, FrameSampling(num_frames=4, stride=2, random_offset=True))
+    clips = VideoDataset(run_dir, FrameSampling(num_frames=4, stride=2, random_offset=True),
+                         storage_options={"endpoint_url": s3_endpoint})
     batches = list(DataLoader(clips, batch_size=2, num_workers=2, collate_fn=collate_clips))
     assert len(batches) == 1 and batches[0]["frames"].shape == (2, 4, 3, 64, 64)
     assert sorted(m["seed"] for m in batches[0]["metadata"]) == [0, 1]
@@ -129,7 +130,7 @@ def _vstar(*args, env=None):
 
 @pytest.mark.slow
 def test_curate_two_demo_runs_export_both_formats_and_train_from_shards_and_a_bucket(
-    tmp_path, tiny_model_dir, s3_bucket
+    tmp_path, tiny_model_dir, s3_bucket, s3_endpoint
 ):
     root = str(tmp_path / "outputs")
     demo = REPO / "catalogs" / "demo.yaml"
@@ -169,7 +170,8 @@ def test_curate_two_demo_runs_export_both_formats_and_train_from_shards_and_a_bu
     bucket_shards = _vstar("export", dataset, "--format", "webdataset", "--out", f"{s3_bucket}/shards",
                            "--shard-size", "1")
     assert len(bucket_shards) == 4 and all(s.startswith(f"{s3_bucket}/shards/") for s in bucket_shards)
-    remote = IterableVideoDataset(f"{s3_bucket}/shards/{{000000..000003}}.tar", sampling)
+    remote = IterableVideoDataset(f"{s3_bucket}/shards/{{000000..000003}}.tar", sampling,
+                                  storage_options={"endpoint_url": s3_endpoint})
     prompts = [p for b in DataLoader(remote, batch_size=2, num_workers=2, collate_fn=collate_clips)
                for p in b["prompt"]]
     assert sorted(prompts) == sorted(r["prompt"] for r in index)
