@@ -3,7 +3,7 @@ the index for ``--clips`` synthetic clips (default 10,000) spread over ``--runs`
 
 Each synthetic clip has what a real 16-frame run records: samples row, the 7 summaries for each
 interval k = 1..15 plus coherence, dynamics slope, flicker and motion (109 metrics rows), and a
-``--dim``-dimensional mean frame embedding. Selection: two conditions, near-duplicate removal at
+``--dim``-dimensional mean frame embedding (every 10th a near-copy of the one before). Selection: two conditions, near-duplicate removal at
 cosine 0.95 (keeping the highest coherence), at most 3 clips per prompt. Videos are not written
 (curation never reads them). Times are CPU seconds of this process (time.process_time); peak
 memory is Python's (tracemalloc) plus Arrow's pool high-water mark, measured in a second pass
@@ -38,6 +38,7 @@ def synthetic_runs(root: str, clips: int, runs: int, dim: int) -> list[str]:
     rng = np.random.default_rng(0)
     per_run = clips // runs
     directories = []
+    previous = np.zeros(dim)
     for r in range(runs):
         run_clips = []
         for i in range(per_run):
@@ -45,7 +46,9 @@ def synthetic_runs(root: str, clips: int, runs: int, dim: int) -> list[str]:
                        for name in ("mean", "std", "q05", "q25", "q50", "q75", "q95")}
             metrics.update(coherence=float(rng.random()), dynamics_slope=float(rng.normal(0, 0.003)),
                            temporal_flicker=float(rng.random()), motion_magnitude=float(rng.random() * 5))
-            embedding = rng.normal(size=dim)
+            # Every 10th clip nearly repeats the one before it: near-duplicates for dedup to find.
+            embedding = previous + rng.normal(scale=0.05, size=dim) if i % 10 == 9 else rng.normal(size=dim)
+            previous = embedding
             run_clips.append(Clip(f"entry-{i % (per_run // 4 or 1)}", seed=i, states=["a", "b", "c"],
                                   num_frames=16, metrics=metrics, embedding=(embedding / np.linalg.norm(embedding)).tolist()))
         run_id = f"{(START + timedelta(hours=r)).strftime('%Y%m%dT%H%M%SZ')}-{r:06x}"
