@@ -255,13 +255,13 @@ def curate(
 ) -> None:
     """Select clips from runs by metrics and columns, drop near-duplicates, cap per prompt, and
     write a versioned dataset (index.parquet, README.md card, manifest). Prints its directory."""
-    from vstar_data.curate import CurationError, Ranking, parse_condition
+    from tasks.curate import check_curation
+    from vstar_data.curate import CurationError
+    from vstar_data.storage import StorageError
 
-    try:
-        for condition in where or []:
-            parse_condition(condition)  # syntax errors before Prefect starts
-        Ranking.parse(keep_best)
-    except CurationError as error:
+    try:  # bad conditions, unknown columns, no runs: one line, before Prefect starts
+        check_curation(root, run or [], _utc(since), _utc(until), where or [], dedup, keep_best, max_per_prompt)
+    except (CurationError, StorageError, ValueError) as error:
         _fail(str(error))
     from flows.curate import curate_dataset
 

@@ -9,7 +9,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.retries import retry_unless
-from vstar_data.curate import Condition, Ranking, candidates, index_table, select, write_index
+from vstar_data.curate import Condition, CurationError, Ranking, candidates, index_table, parse_condition, select, write_index
 from vstar_data.dataset_card import card_markdown, metric_histograms_png
 from vstar_data.manifest import list_runs
 from vstar_data.runs import DatasetPaths, RunPaths, check_run_id
@@ -28,13 +28,25 @@ def select_runs(output_root: str, runs: list[str], since: datetime | None, until
     if runs:
         return [RunPaths(output_root, check_run_id(run)).run_dir if "/" not in run else absolute_url(run).rstrip("/")
                 for run in runs]
-    index = list_runs(output_root).to_pylist()
-    return [
+    selected = [
         row["manifest_uri"].rsplit("/", 1)[0]
-        for row in index
+        for row in list_runs(output_root).to_pylist()
         if row["status"] in ("ok", "partial") and row["manifest_uri"]
         and (since is None or row["created_at"] >= since) and (until is None or row["created_at"] < until)
     ]
+    if not selected:
+        window = f" created in [{since or '…'}, {until or '…'})" if since or until else ""
+        raise CurationError(f"no finished runs{window} in the run index of {output_root}")
+    return selected
+
+
+def check_curation(output_root: str, runs: list[str], since: datetime | None, until: datetime | None,
+                   where: list[str], dedup_threshold: float | None, keep_best: str, max_per_prompt: int | None) -> None:
+    """Raise the error curation would raise (a bad condition, an unknown column, no runs) before
+    Prefect starts, so the command line can print it as one line. Reads the runs' tables once."""
+    run_dirs = select_runs.fn(output_root, runs, since, until)
+    select(candidates(run_dirs).slice(0, 0), [parse_condition(text) for text in where],
+           dedup_threshold=dedup_threshold, keep_best=Ranking.parse(keep_best), max_per_prompt=max_per_prompt)
 
 
 @task(task_run_name="read-candidates", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5],

@@ -53,6 +53,8 @@ def test_flow_heartbeats_are_off_only_against_the_ephemeral_api():
 def test_curate_and_export_errors_are_one_line_with_a_scheduler_exit_code(tmp_path):
     result = _vstar("curate", "--root", str(tmp_path), "--name", "d", "--where", "coherence >> 0.8", tmp_path=tmp_path)
     assert result.returncode == 2 and "in condition 'coherence >> 0.8'" in result.stderr
+    result = _vstar("curate", "--root", str(tmp_path / "empty"), "--name", "d", tmp_path=tmp_path)
+    assert result.returncode == 2 and "no finished runs in the run index of" in result.stderr
     result = _vstar("export", str(tmp_path / "nothing"), "--format", "webdataset", "--out", str(tmp_path / "o"),
                     tmp_path=tmp_path)
     assert result.returncode == 2 and "no curated dataset at" in result.stderr
