@@ -44,9 +44,10 @@ def check_curation(output_root: str, runs: list[str], since: datetime | None, un
                    where: list[str], dedup_threshold: float | None, keep_best: str, max_per_prompt: int | None) -> None:
     """Raise the error curation would raise (a bad condition, an unknown column, no runs) before
     Prefect starts, so the command line can print it as one line. Reads the runs' tables once."""
+    conditions, ranking = [parse_condition(text) for text in where], Ranking.parse(keep_best)
     run_dirs = select_runs.fn(output_root, runs, since, until)
-    select(candidates(run_dirs).slice(0, 0), [parse_condition(text) for text in where],
-           dedup_threshold=dedup_threshold, keep_best=Ranking.parse(keep_best), max_per_prompt=max_per_prompt)
+    select(candidates(run_dirs).slice(0, 0), conditions, dedup_threshold=dedup_threshold, keep_best=ranking,
+           max_per_prompt=max_per_prompt)
 
 
 @task(task_run_name="read-candidates", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5],
