@@ -1,10 +1,11 @@
-"""The ``vstar`` command: produce datasets, validate catalogs, list runs."""
+"""The ``vstar`` command: produce datasets, validate catalogs, list runs, curate and export datasets."""
 
 from __future__ import annotations
 
 import os
 import sys
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Optional
 
 import typer
@@ -288,6 +289,89 @@ def analyze(
     except (FileNotFoundError, ValueError) as error:
         _fail(str(error))
     typer.echo(directory)
+
+
+@app.command()
+def curate(
+    name: str = typer.Option(..., "--name", help="dataset name: datasets/<name>/<version>/ under the root"),
+    root: str = typer.Option("./outputs", "--root", help="output root holding the runs (local path or fsspec URL)"),
+    run: Optional[list[str]] = typer.Option(None, "--run", help="run id or run directory (repeat); default: every "
+                                                               "finished run in the run index"),
+    since: Optional[datetime] = typer.Option(None, help="only runs created at or after (UTC), e.g. 2026-12-01"),
+    until: Optional[datetime] = typer.Option(None, help="only runs created before (UTC)"),
+    where: Optional[list[str]] = typer.Option(None, "--where", help="condition on any samples column or metric, "
+                                                                   "e.g. 'coherence >= 0.8' (repeat: all must hold)"),
+    dedup: Optional[float] = typer.Option(None, "--dedup", min=0.0, max=1.0,
+                                          help="drop near-duplicates: cosine of mean frame embeddings >= this"),
+    keep_best: str = typer.Option("coherence:max", help="<column>:max|min kept among duplicates and per prompt"),
+    max_per_prompt: Optional[int] = typer.Option(None, min=1, help="at most this many clips per prompt"),
+) -> None:
+    """Select clips from runs by metrics and columns, drop near-duplicates, cap per prompt, and
+    write a versioned dataset (index.parquet, README.md card, manifest). Prints its directory."""
+    from tasks.curate import check_curation
+    from vstar_data.curate import CurationError
+    from vstar_data.storage import StorageError
+
+    try:  # bad conditions, unknown columns, no runs: one line, before Prefect starts
+        check_curation(root, run or [], _utc(since), _utc(until), where or [], dedup, keep_best, max_per_prompt)
+    except (CurationError, StorageError, ValueError) as error:
+        _fail(str(error))
+    from flows.curate import curate_dataset
+
+    try:
+        with local_flow_settings():
+            directory = curate_dataset(
+                name=name, output_root=root, runs=run or [], since=_utc(since), until=_utc(until),
+                where=where or [], dedup_threshold=dedup, keep_best=keep_best, max_per_prompt=max_per_prompt,
+            )
+    except (CurationError, FileNotFoundError, ValueError) as error:
+        _fail(str(error))
+    typer.echo(directory)
+
+
+def _utc(moment: Optional[datetime]) -> Optional[datetime]:
+    from datetime import timezone
+
+    return moment.replace(tzinfo=timezone.utc) if moment is not None and moment.tzinfo is None else moment
+
+
+@app.command()
+def export(
+    dataset: str = typer.Argument(..., help="a curated dataset: datasets/<name>/<version> (or <name> for the newest)"),
+    format: str = typer.Option(..., "--format", help="webdataset (tar shards) or hf (Hugging Face Parquet)"),
+    out: str = typer.Option(..., "--out", help="an empty folder or bucket prefix (any fsspec URL)"),
+    shard_size: int = typer.Option(1000, min=1, help="at most this many clips per shard / Parquet file"),
+    shard_bytes: Optional[str] = typer.Option(None, help="and at most this many bytes, e.g. 512MB, 2GB"),
+) -> None:
+    """Export a curated dataset as WebDataset shards or a Hugging Face datasets layout (videos
+    checked against their sha256). Prints each file written."""
+    from rich.progress import Progress
+
+    from vstar_data.export import ExportError, export_hf, export_webdataset
+    from vstar_data.storage import StorageError
+
+    writers = {"webdataset": export_webdataset, "hf": export_hf}
+    if format not in writers:
+        _fail(f"unknown format {format!r}; expected one of {', '.join(writers)}")
+    try:
+        max_bytes = _parse_bytes(shard_bytes) if shard_bytes else None
+        with Progress(transient=True) as progress:
+            bar = progress.add_task("clips", total=None)
+            files = writers[format](dataset, out, max_count=shard_size, max_bytes=max_bytes,
+                                    progress=lambda done, total: progress.update(bar, completed=done, total=total))
+    except (ExportError, StorageError, FileNotFoundError, ValueError) as error:
+        _fail(str(error))
+    for url in files:
+        typer.echo(url)
+
+
+def _parse_bytes(text: str) -> int:
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*", text, re.IGNORECASE)
+    if not match:
+        raise ValueError(f"cannot read a size from {text!r}: e.g. 512MB, 2GB, 100000")
+    return int(float(match[1]) * 1024 ** " KMGT".index(match[2].upper() or " "))
 
 
 @catalog_app.command("validate")

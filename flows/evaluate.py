@@ -55,7 +55,7 @@ def build_reference(
 @flow(name="evaluate-run")
 def evaluate_run(run_dir: str, evaluation: EvaluationSettings = EvaluationSettings()) -> str:
     """Score an existing production run's videos again — another metric, or against a reference —
-    into ``<output_root>/evaluations/<id>/`` (metrics.parquet, plots, manifest). The run itself is
+    into ``<output_root>/evaluations/<id>/`` (metrics.parquet, embeddings.parquet, plots, manifest). The run itself is
     left as it is. Returns the evaluation directory."""
     logger = get_run_logger()
     run_id, output_root, samples = read_run_samples(run_dir)
@@ -66,14 +66,16 @@ def evaluate_run(run_dir: str, evaluation: EvaluationSettings = EvaluationSettin
     directory = join(output_root, "evaluations", evaluation_id)
     created_at = datetime.now(timezone.utc)
     futures = [evaluate_sample.submit(sample, evaluation, output_root) for sample in samples]
-    scored, metrics = [], []
+    scored, metrics, embeddings = [], [], []
     for sample, future in zip(samples, futures):
-        rows, matrix = future.result()
+        rows, matrix, embedding = future.result()
         metrics += rows
+        embeddings.append(embedding)
         scored.append((sample, matrix))
     if evaluation.reference and scored:
         metrics += compare_with_reference(run_id, quote(scored), evaluation.reference, metric)
     write_rows(join(directory, "metrics.parquet"), "metrics", quote(metrics), run_id)
+    write_rows(join(directory, "embeddings.parquet"), "embeddings", quote(embeddings), run_id)
     plots = write_plots(output_root, join(directory, "plots"), quote(scored), metric, evaluation.reference)
     publish_plots(f"vstar evaluation {evaluation_id} of run {run_id}", directory, plots)
     parameters = {"run_dir": run_dir, "evaluation": evaluation.model_dump(mode="json")}

@@ -9,7 +9,7 @@ from prefect import flow, get_run_logger
 from prefect.utilities.annotations import quote
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tasks.catalogs import read_catalog
 from tasks.clips import check_clip_inputs, collect_bands, collect_gtn_references
@@ -32,6 +32,7 @@ from tasks.outputs import finish_run, publish_artifacts, write_plots, write_rows
 from tasks.synopsize import LLMSettings, failed_synopsis_row, synopsize_entry
 from tasks.tuning import TuningSettings, check_tuning, tune_jobs, write_tuning
 from vstar_data.runs import RunPaths, new_run_id
+from vstar_data.uris import absolute_url
 from vstar_model.sampling.unet import VARIANTS
 
 
@@ -67,6 +68,12 @@ class ProduceParameters(BaseModel):
     )
     gtn: GTNSettings = GTNSettings()
     tuning: TuningSettings = TuningSettings()
+
+    @field_validator("catalog")
+    @classmethod
+    def _absolute_catalog(cls, catalog: str) -> str:
+        # Recorded in the manifest and run index: a reader elsewhere must find it (vstar_data.uris).
+        return absolute_url(catalog)
 
     def uses_vsp(self) -> bool:
         """Whether any variant needs synopses (otherwise no LLM call is made)."""
@@ -140,16 +147,18 @@ def produce_dataset(
     write_rows(run.samples, "samples", quote(samples), run.run_id)
 
     scored = []  # (sample, similarity matrix)
-    metrics = []
+    metrics, embeddings = [], []
     if metric is not None:
         ok = [sample for sample in samples if sample["status"] == "ok"]
         for sample, future in zip(ok, [evaluate_sample.submit(s, p.evaluation, p.output_root) for s in ok]):
-            rows, matrix = future.result()
+            rows, matrix, embedding = future.result()
             metrics.extend(rows)
+            embeddings.append(embedding)
             scored.append((sample, matrix))
     if p.evaluation.reference and scored:
         metrics.extend(compare_with_reference(run.run_id, quote(scored), p.evaluation.reference, metric))
     write_rows(run.metrics, "metrics", quote(metrics), run.run_id)
+    write_rows(run.embeddings, "embeddings", quote(embeddings), run.run_id)
     plots = write_plots(run.output_root, run.plots_dir, quote(scored), metric, p.evaluation.reference)
     publish_artifacts(run, quote(samples), quote(metrics), plots)
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 
 from prefect import get_run_logger, task
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from tasks.models import cached_embedder
-from vstar_data.runs import CachePaths
+from vstar_data.runs import CachePaths, RunPaths
 from vstar_data.storage import exists, read_bytes, write_bytes_atomic
+from vstar_data.uris import absolute_url, resolve_uri
 
 
 class EvaluationSettings(BaseModel):
@@ -27,6 +28,12 @@ class EvaluationSettings(BaseModel):
     cache_dir: str | None = None
     device: str | None = None
     reference: str | None = None  # a build-reference output to compare each variant with
+
+    @field_validator("reference")
+    @classmethod
+    def _absolute_reference(cls, reference: str | None) -> str | None:
+        # Recorded in metrics.parquet and the manifest: a reader elsewhere must find it.
+        return absolute_url(reference) if reference else reference
 
 
 def settings_embedder(settings: EvaluationSettings):
@@ -73,13 +80,7 @@ def metric_rows(sample: dict, metric: str, matrix) -> list[dict]:
     """metrics.parquet rows of one video: per-k summaries, then coherence and dynamics slope (k = −1)."""
     from vstar_model.evaluation.similarity import coherence, dynamics_slope, interval_summary
 
-    base = {
-        "run_id": sample["run_id"],
-        "sample_key": sample["sample_key"],
-        "catalog_id": sample["catalog_id"],
-        "seed": sample["seed"],
-        "metric": metric,
-    }
+    base = _row_base(sample, metric)
     rows = [
         {**base, "k": int(summary["k"]), "name": name, "value": float(summary[name])}
         for summary in interval_summary(matrix)
@@ -90,25 +91,66 @@ def metric_rows(sample: dict, metric: str, matrix) -> list[dict]:
     return rows
 
 
-def scored_sample(sample: dict, settings: EvaluationSettings, output_root: str) -> tuple[list[dict], list]:
-    """Metrics rows and similarity matrix of one video, reused when this video was scored before."""
-    metric = check_evaluation(settings)
-    cached = CachePaths(output_root).metrics(sample["sample_key"], metric)
+def motion_rows(sample: dict, frames) -> list[dict]:
+    """The weight-free rows of one video (k = −1), each under its own metric: temporal flicker, motion magnitude."""
+    from vstar_model.evaluation.motion import (
+        FLICKER_METRIC, MOTION_METRIC, MOTION_NAME, motion_magnitude, temporal_flicker,
+    )
+
+    return [
+        {**_row_base(sample, FLICKER_METRIC), "k": -1, "name": FLICKER_METRIC, "value": temporal_flicker(frames)},
+        {**_row_base(sample, MOTION_METRIC), "k": -1, "name": MOTION_NAME, "value": motion_magnitude(frames)},
+    ]
+
+
+def _row_base(sample: dict, metric: str) -> dict:
+    return {"run_id": sample["run_id"], "sample_key": sample["sample_key"], "catalog_id": sample["catalog_id"],
+            "seed": sample["seed"], "metric": metric}
+
+
+def video_url(sample: dict, output_root: str) -> str:
+    """The absolute URL of a samples row's video (recorded relative to its run's samples.parquet)."""
+    return resolve_uri(RunPaths(output_root, sample["run_id"]).samples, sample["video_uri"])
+
+
+def scored_sample(sample: dict, settings: EvaluationSettings, output_root: str) -> tuple[list[dict], list, list]:
+    """Metrics rows, similarity matrix and mean frame embedding (unit length, for near-duplicate
+    search) of one video, reused when this video was scored before."""
+    import torch.nn.functional as F
+
+    from vstar_model.evaluation.similarity import similarity_matrix
+    from vstar_model.video.reader import read_video_frames
+
+    embedder = settings_embedder(settings)
+    cached = CachePaths(output_root).metrics(sample["sample_key"], embedder.metric)
     if exists(cached):
         scored = json.loads(read_bytes(cached))
-        rows = [{**row, "run_id": sample["run_id"]} for row in scored["rows"]]
-        return rows, scored["matrix"]
-    metric, matrix = score_video(sample["video_uri"], settings)
-    rows = metric_rows(sample, metric, matrix)
-    write_bytes_atomic(cached, json.dumps({"rows": rows, "matrix": matrix.tolist()}).encode())
-    return rows, matrix.tolist()
+        if "embedding" in scored:  # scores cached before embeddings were kept are computed again
+            rows = [{**row, "run_id": sample["run_id"]} for row in scored["rows"]]
+            return rows, scored["matrix"], scored["embedding"]
+    frames = read_video_frames(video_url(sample, output_root))
+    embeddings = embedder.embed(frames)
+    matrix = similarity_matrix(embeddings)
+    rows = metric_rows(sample, embedder.metric, matrix) + motion_rows(sample, frames)
+    embedding = F.normalize(F.normalize(embeddings.double(), dim=1).mean(dim=0), dim=0).float().tolist()
+    write_bytes_atomic(cached, json.dumps({"rows": rows, "matrix": matrix.tolist(), "embedding": embedding}).encode())
+    return rows, matrix.tolist(), embedding
+
+
+def embedding_row(sample: dict, metric: str, embedding: list[float]) -> dict:
+    """The embeddings.parquet row of one scored video."""
+    return {"run_id": sample["run_id"], "sample_key": sample["sample_key"], "metric": metric, "embedding": embedding}
 
 
 @task(task_run_name="evaluate-{sample[catalog_id]}-s{sample[seed]}", retries=1, retry_delay_seconds=2)
-def evaluate_sample(sample: dict, settings: EvaluationSettings, output_root: str) -> tuple[list[dict], list]:
-    """Thin Prefect task: metrics rows and the similarity matrix (as lists, for plotting)."""
-    rows, matrix = scored_sample(sample, settings, output_root)
+def evaluate_sample(sample: dict, settings: EvaluationSettings, output_root: str) -> tuple[list[dict], list, dict]:
+    """Thin Prefect task: metrics rows, the similarity matrix (as lists, for plotting) and the
+    video's embeddings.parquet row."""
+    rows, matrix, embedding = scored_sample(sample, settings, output_root)
+    summary = {row["name"]: row for row in rows if row["k"] == -1}
     get_run_logger().info(
-        "%s seed %d: %s coherence %.3f", sample["catalog_id"], sample["seed"], rows[-2]["metric"], rows[-2]["value"]
+        "%s seed %d: %s coherence %.3f, flicker %.3f, motion %.2f px/frame", sample["catalog_id"], sample["seed"],
+        summary["coherence"]["metric"], summary["coherence"]["value"], summary["temporal_flicker"]["value"],
+        summary["motion_magnitude"]["value"],
     )
-    return rows, matrix
+    return rows, matrix, embedding_row(sample, summary["coherence"]["metric"], embedding)

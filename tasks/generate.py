@@ -18,6 +18,7 @@ from tasks.retries import retry_unless
 from vstar_data.keys import sample_key
 from vstar_data.runs import CachePaths, RunPaths
 from vstar_data.storage import StorageError, exists, read_bytes, write_bytes_atomic
+from vstar_data.uris import relative_uri
 from vstar_model.backbones.loading import pick_device, resolve_location
 from vstar_model.backbones.presets import get_preset
 from vstar_model.sampling.gtn import GTNConfig
@@ -128,8 +129,9 @@ def sample_row(job: SampleJob, run: RunPaths, key: str, record: dict | None, err
         "tar": job.tar,
         "vsp": job.vsp,
         "variant": job.variant,
-        "video_uri": run.video(job.entry_id, job.seed, job.variant) if ok else None,
-        "strip_uri": run.strip(job.entry_id, job.seed, job.variant) if ok else None,
+        # Relative to samples.parquet's directory, so the run resolves wherever it is read (vstar_data.uris).
+        "video_uri": relative_uri(run.video(job.entry_id, job.seed, job.variant), run.samples) if ok else None,
+        "strip_uri": relative_uri(run.strip(job.entry_id, job.seed, job.variant), run.samples) if ok else None,
         "video_sha256": record.get("video_sha256"),
         "status": "ok" if ok else "failed",
         "error": None if ok else error[:2000],

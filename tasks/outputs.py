@@ -13,18 +13,20 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from tasks.retries import retry_unless
 from vstar_data.manifest import append_run_index, build_manifest, write_manifest
 from vstar_data.runs import RunPaths
-from vstar_data.schemas import METRICS_SCHEMA, SAMPLES_SCHEMA, SYNOPSES_SCHEMA, write_table
+from vstar_data.schemas import EMBEDDINGS_SCHEMA, METRICS_SCHEMA, SAMPLES_SCHEMA, SYNOPSES_SCHEMA, write_table
 from vstar_data.keys import content_key
 from vstar_data.storage import StorageError, exists, join, read_bytes, remove_stale_temp_files, write_bytes_atomic
+from vstar_data.uris import relative_uri, resolve_uri
 
 PLOT_NAMES = ("similarity_matrices.png", "similarity_mean.png", "interval_similarity.png")
-_TABLES = {"synopses": SYNOPSES_SCHEMA, "samples": SAMPLES_SCHEMA, "metrics": METRICS_SCHEMA}
+_TABLES = {"synopses": SYNOPSES_SCHEMA, "samples": SAMPLES_SCHEMA, "metrics": METRICS_SCHEMA,
+           "embeddings": EMBEDDINGS_SCHEMA}
 
 
 @task(task_run_name="write-{name}", retries=2, retry_delay_seconds=[1, 5],
       retry_condition_fn=retry_unless(StorageError))
 def write_rows(url: str, name: str, rows: list[dict], run_id: str) -> str:
-    """``rows`` as the ``name`` table (synopses, samples, metrics) of run ``run_id`` at ``url``."""
+    """``rows`` as the ``name`` table (synopses, samples, metrics, embeddings) of run ``run_id`` at ``url``."""
     write_table(url, [{**row, "run_id": run_id} for row in rows], _TABLES[name], run_id=run_id)
     return url
 
@@ -120,7 +122,7 @@ def finish_run(run: RunPaths, parameters: dict, created_at: datetime, catalog: s
         "num_samples": row_counts["samples"],
         "num_failed": failures["samples_failed"],
         "parameters_json": json.dumps(parameters, sort_keys=True),
-        "manifest_uri": url,
+        "manifest_uri": relative_uri(url, run.index_entry),
     })
     logger = get_run_logger()
     logger.info("run %s finished: %d videos; failures %s", run.run_id, len(samples), failures)
@@ -167,7 +169,7 @@ def publish_artifacts(run: RunPaths, samples: list[dict], metrics: list[dict], p
             "states": len(s["states"]),
             "coherence": round(summary.get((s["sample_key"], "coherence"), float("nan")), 4),
             "dynamics_slope": round(summary.get((s["sample_key"], "dynamics_slope"), float("nan")), 5),
-            "video": s.get("video_uri") or s.get("error"),
+            "video": resolve_uri(run.samples, s["video_uri"]) if s.get("video_uri") else s.get("error"),
         }
         for s in samples
     ]

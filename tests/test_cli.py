@@ -20,7 +20,8 @@ def _vstar(*args, env=None, tmp_path):
 
 def test_every_command_has_help(tmp_path):
     for command in (["--help"], ["produce", "--help"], ["evaluate", "--help"], ["analyze", "--help"],
-                    ["runs", "list", "--help"], ["catalog", "validate", "--help"]):
+                    ["runs", "list", "--help"], ["catalog", "validate", "--help"], ["curate", "--help"],
+                    ["export", "--help"]):
         result = _vstar(*command, tmp_path=tmp_path)
         assert result.returncode == 0 and "Usage" in result.stdout, (command, result.stderr)
 
@@ -105,3 +106,16 @@ def test_produce_with_a_band_from_a_clip_gtn_and_tar_auto_on_the_tiny_model(tmp_
     trials = pq.read_table(run_dir / "tuning.parquet").to_pylist()
     assert {t["catalog_id"] for t in trials} == {"bloom"} and len(trials) == 2
     assert samples[("bloom", "vstar")]["tar"] == next(t["tar"] for t in trials if t["chosen"])
+
+
+def test_curate_and_export_errors_are_one_line_with_a_scheduler_exit_code(tmp_path):
+    result = _vstar("curate", "--root", str(tmp_path), "--name", "d", "--where", "coherence >> 0.8", tmp_path=tmp_path)
+    assert result.returncode == 2 and "in condition 'coherence >> 0.8'" in result.stderr
+    result = _vstar("curate", "--root", str(tmp_path / "empty"), "--name", "d", tmp_path=tmp_path)
+    assert result.returncode == 2 and "no finished runs in the run index of" in result.stderr
+    result = _vstar("export", str(tmp_path / "nothing"), "--format", "webdataset", "--out", str(tmp_path / "o"),
+                    tmp_path=tmp_path)
+    assert result.returncode == 2 and "no curated dataset at" in result.stderr
+    result = _vstar("export", str(tmp_path), "--format", "tfrecord", "--out", str(tmp_path / "o"), tmp_path=tmp_path)
+    assert result.returncode == 2 and "unknown format 'tfrecord'" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr

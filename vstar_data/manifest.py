@@ -31,6 +31,7 @@ from vstar_data.storage import (
     sha256,
     write_bytes_atomic,
 )
+from vstar_data.uris import resolve_uri
 
 MANIFEST_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -173,14 +174,24 @@ def append_run_index(
 
 
 def list_runs(output_root: str, *, retry: Retry = DEFAULT_RETRY) -> pa.Table:
-    """All runs recorded under ``output_root``, oldest first, as a ``RUNS_SCHEMA`` table."""
+    """All runs recorded under ``output_root``, oldest first, as a ``RUNS_SCHEMA`` table whose
+    ``manifest_uri`` is resolved to an absolute URL (each index file records it relative to itself)."""
     index_dir = run_index_dir(output_root)
     tables = [
-        read_table(join(index_dir, name), retry=retry).select(RUNS_SCHEMA.names)
-        for name in list_files(index_dir, retry=retry)
-        if name.endswith(".parquet") and "/" not in name
+        _resolved_manifest_uris(read_table(url, retry=retry).select(RUNS_SCHEMA.names), url)
+        for url in (
+            join(index_dir, name)
+            for name in list_files(index_dir, retry=retry)
+            if name.endswith(".parquet") and "/" not in name
+        )
     ]
     if not tables:
         return RUNS_SCHEMA.empty_table()
     runs = pa.concat_tables(tables).cast(RUNS_SCHEMA)
     return runs.sort_by([("created_at", "ascending"), ("run_id", "ascending")])
+
+
+def _resolved_manifest_uris(table: pa.Table, index_file: str) -> pa.Table:
+    column = table.schema.get_field_index("manifest_uri")
+    resolved = [None if uri is None else resolve_uri(index_file, uri) for uri in table["manifest_uri"].to_pylist()]
+    return table.set_column(column, table.schema.field(column), pa.array(resolved, pa.string()))

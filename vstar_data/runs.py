@@ -3,10 +3,11 @@
 ::
 
     <output_root>/
-      runs/<run_id>/synopses.parquet, samples.parquet, metrics.parquet,
+      runs/<run_id>/synopses.parquet, samples.parquet, metrics.parquet, embeddings.parquet,
                     videos/<entry_id>__s<seed>[__<variant>].mp4 (+ .png frame strips), plots/,
                     manifest.json                      (written last)
       runs/_index/<run_id>.parquet                     (one row per run: the run index)
+      datasets/<name>/<version>/index.parquet, README.md, card/, manifest.json   (vstar curate)
       cache/synopses/<key>.json                        (reused by later runs)
       cache/samples/<key>.json, <key>.mp4, <key>.png
       cache/metrics/<sample key>__<metric>.json
@@ -91,6 +92,10 @@ class RunPaths:
         return join(self.run_dir, "tuning.parquet")
 
     @property
+    def embeddings(self) -> str:
+        return join(self.run_dir, "embeddings.parquet")
+
+    @property
     def videos_dir(self) -> str:
         return join(self.run_dir, "videos")
 
@@ -123,6 +128,35 @@ def _video_name(entry_id: str, seed: int, variant: str) -> str:
     if not re.fullmatch(r"[a-z0-9_+]{1,32}", variant):
         raise ValueError(f"variant must be 1-32 of [a-z0-9_+], got {variant!r}")
     return f"{name}__{variant.replace('+', '_')}"  # S3 may read '+' in a key as a space
+
+
+@dataclass(frozen=True)
+class DatasetPaths:
+    """URLs of one curated dataset version under ``<output_root>/datasets/<name>/<version>/``."""
+
+    output_root: str
+    name: str
+    version: str
+
+    def __post_init__(self) -> None:
+        check_entry_id(self.name)
+        check_run_id(self.version)
+
+    @property
+    def directory(self) -> str:
+        return join(self.output_root, "datasets", self.name, self.version)
+
+    @property
+    def index(self) -> str:
+        return join(self.directory, "index.parquet")
+
+    @property
+    def card(self) -> str:
+        return join(self.directory, "README.md")
+
+    def card_file(self, name: str) -> str:
+        """An image of the dataset card (histograms, example frame strips)."""
+        return join(self.directory, "card", name)
 
 
 def run_index_dir(output_root: str) -> str:

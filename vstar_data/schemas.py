@@ -112,6 +112,16 @@ METRICS_SCHEMA = _schema(
     _optional("reference", pa.string()),
 )
 
+# One row per scored video: the mean of its unit frame embeddings, renormalised (the similarity
+# metric's embedding space), so a curated dataset finds near-duplicates without decoding again.
+EMBEDDINGS_SCHEMA = _schema(
+    "embeddings",
+    _required("run_id", pa.string()),
+    _required("sample_key", pa.string()),
+    _required("metric", pa.string()),
+    _required("embedding", pa.list_(pa.float32())),
+)
+
 # Temporal attention analysis: one row per attention layer map (paper §3.3).
 ATTENTION_SCHEMA = _schema(
     "attention",
@@ -163,6 +173,51 @@ REFERENCE_SCHEMA = _schema(
     _required("num_frames", pa.int32()),
     _required("k", pa.int32()),
     _required("value", pa.float64()),
+)
+
+# A curated dataset's index (datasets/<name>/<version>/index.parquet): one row per clip, its
+# video referenced (relative to the index when inside the output root, see vstar_data.uris).
+METRIC_VALUE = pa.struct([pa.field("name", pa.string(), nullable=False), pa.field("value", pa.float64())])
+DATASET_SCHEMA = _schema(
+    "dataset",
+    _required("clip_id", pa.string()),  # <run_id>_<sample_key>: unique, no dots (a WebDataset key)
+    _required("video_uri", pa.string()),
+    _required("video_sha256", pa.string()),
+    _required("prompt", pa.string()),
+    _required("states", STATES),
+    _required("keyframe_indices", pa.list_(pa.int32())),  # frame where each state is a keyframe
+    _required("frame_captions", STATES),  # the state each frame shows, one per frame
+    _required("num_frames", pa.int32()),
+    _required("fps", pa.int32()),
+    _required("height", pa.int32()),
+    _required("width", pa.int32()),
+    # Metrics: the usual ones as columns, every per-video and per-variant value in `metrics`
+    # under the names filters use (coherence, mean@3, wasserstein@2, overall_score…).
+    _optional("similarity_metric", pa.string()),
+    _optional("coherence", pa.float64()),
+    _optional("dynamics_slope", pa.float64()),
+    _optional("temporal_flicker", pa.float64()),
+    _optional("motion_magnitude", pa.float64()),
+    _optional("overall_score", pa.float64()),
+    _optional("reference", pa.string()),
+    _required("metrics", pa.list_(METRIC_VALUE)),
+    # Provenance.
+    _required("run_id", pa.string()),
+    _required("sample_key", pa.string()),
+    _required("catalog_id", pa.string()),
+    _required("seed", pa.int64()),
+    _optional("variant", pa.string()),
+    _required("model_preset", pa.string()),
+    _optional("model_revision", pa.string()),
+    _optional("tar", pa.string()),
+    _required("vsp", pa.bool_()),
+    _required("synopsis_source", pa.string()),
+    _optional("llm_model", pa.string()),
+    _optional("template_version", pa.string()),
+    _optional("negative_prompt", pa.string()),
+    _required("num_inference_steps", pa.int32()),
+    _required("guidance_scale", pa.float64()),
+    _required("created_at", TIMESTAMP),
 )
 
 RUNS_SCHEMA = _schema(

