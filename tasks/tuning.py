@@ -89,7 +89,7 @@ def tune_tar(trial: SampleJob, tuning: TuningSettings, evaluation: EvaluationSet
         key, record, _ = cached_sample(job, run.output_root, gpu_slot=slot)
         sample = {"run_id": run.run_id, "sample_key": key, "catalog_id": job.entry_id, "seed": job.seed,
                   "video_uri": CachePaths(run.output_root).video(key)}
-        _, matrix = scored_sample(sample, evaluation, run.output_root)
+        _, matrix, _ = scored_sample(sample, evaluation, run.output_root)
         score = compare_to_reference(interval_similarities(torch.tensor(matrix)), reference).score
         rows.append({"catalog_id": job.entry_id, "trial": len(rows), "tar": preset, "score": score, "metric": metric,
                      "reference": evaluation.reference, "seed": job.seed, "num_frames": job.num_frames,
