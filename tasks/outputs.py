@@ -11,7 +11,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks.retries import retry_unless
-from vstar_data.manifest import append_run_index, build_manifest, write_manifest
+from vstar_data.manifest import append_run_index, build_manifest, run_status, write_manifest
 from vstar_data.runs import RunPaths
 from vstar_data.schemas import METRICS_SCHEMA, SAMPLES_SCHEMA, SYNOPSES_SCHEMA, write_table
 from vstar_data.keys import content_key
@@ -98,8 +98,8 @@ def finish_run(run: RunPaths, parameters: dict, created_at: datetime, catalog: s
     """Manifest last (it lists every file written before it), then the run's index entry.
 
     The manifest counts rows and failures: ``synopses_fallback`` (plain prompt instead of an LLM
-    synopsis), ``synopses_failed`` (entries left out) and ``samples_failed``; the run is
-    "partial" when an entry or a video failed.
+    synopsis), ``synopses_failed`` (entries left out) and ``samples_failed``; the index entry's
+    status says which (:func:`~vstar_data.manifest.run_status`).
     """
     row_counts = {"synopses": len(synopses), "samples": len(samples), "metrics": len(metrics)}
     failures = {
@@ -115,10 +115,12 @@ def finish_run(run: RunPaths, parameters: dict, created_at: datetime, catalog: s
         "run_id": run.run_id,
         "created_at": created_at,
         "finished_at": finished,
-        "status": "partial" if failures["synopses_failed"] or failures["samples_failed"] else "ok",
+        "status": run_status(failures),
         "catalog": catalog,
         "num_samples": row_counts["samples"],
         "num_failed": failures["samples_failed"],
+        "num_synopses_fallback": failures["synopses_fallback"],
+        "num_synopses_failed": failures["synopses_failed"],
         "parameters_json": json.dumps(parameters, sort_keys=True),
         "manifest_uri": url,
     })

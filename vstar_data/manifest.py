@@ -172,11 +172,27 @@ def append_run_index(
     return url
 
 
+def run_status(failures: Mapping[str, int]) -> str:
+    """What a finished run's index entry says: "partial" when a video or a catalog entry failed,
+    "degraded" when all were made but some synopses fell back to the plain prompt, else "ok"."""
+    if failures.get("samples_failed") or failures.get("synopses_failed"):
+        return "partial"
+    return "degraded" if failures.get("synopses_fallback") else "ok"
+
+
+def _as_runs_schema(table: pa.Table) -> pa.Table:
+    """An index entry in the current ``RUNS_SCHEMA``: columns added since it was written are null."""
+    for field in RUNS_SCHEMA:
+        if field.name not in table.column_names:
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+    return table.select(RUNS_SCHEMA.names)
+
+
 def list_runs(output_root: str, *, retry: Retry = DEFAULT_RETRY) -> pa.Table:
     """All runs recorded under ``output_root``, oldest first, as a ``RUNS_SCHEMA`` table."""
     index_dir = run_index_dir(output_root)
     tables = [
-        read_table(join(index_dir, name), retry=retry).select(RUNS_SCHEMA.names)
+        _as_runs_schema(read_table(join(index_dir, name), retry=retry))
         for name in list_files(index_dir, retry=retry)
         if name.endswith(".parquet") and "/" not in name
     ]

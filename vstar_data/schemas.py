@@ -18,7 +18,9 @@ import pyarrow.parquet as pq
 
 from vstar_data.storage import DEFAULT_RETRY, Retry, read_bytes, write_bytes_atomic
 
-SCHEMA_VERSION = "1"
+# 2: samples.vsp is true only for videos conditioned on two or more synopsis states (1: VSP asked for);
+# the run index counts synopsis fallbacks and failures, and its status may be "degraded".
+SCHEMA_VERSION = "2"
 RUN_ID_KEY = b"vstar.run_id"
 TABLE_KEY = b"vstar.table"
 SCHEMA_VERSION_KEY = b"vstar.schema_version"
@@ -72,7 +74,7 @@ SAMPLES_SCHEMA = _schema(
     _required("model_preset", pa.string()),
     _optional("model_revision", pa.string()),
     _optional("tar", pa.string()),  # TAR spec string; null when TAR is off
-    _required("vsp", pa.bool_()),
+    _required("vsp", pa.bool_()),  # conditioned on >= 2 synopsis states (not a fallback, not one state)
     _optional("variant", pa.string()),  # ablation variant: baseline | tar | vsp | vstar
     _optional("video_uri", pa.string()),
     _optional("strip_uri", pa.string()),
@@ -137,10 +139,14 @@ RUNS_SCHEMA = _schema(
     _required("run_id", pa.string()),
     _required("created_at", TIMESTAMP),
     _optional("finished_at", TIMESTAMP),
-    _required("status", pa.string()),  # e.g. "running" | "ok" | "failed"
+    # "ok"; "degraded": every video made, but some synopses fell back to the plain prompt (VSP off);
+    # "partial": some videos or catalog entries failed
+    _required("status", pa.string()),
     _required("catalog", pa.string()),
     _required("num_samples", pa.int64()),
-    _required("num_failed", pa.int64()),
+    _required("num_failed", pa.int64()),  # videos that failed
+    _optional("num_synopses_fallback", pa.int64()),  # entries generated from their plain prompt (null before v2)
+    _optional("num_synopses_failed", pa.int64()),  # entries left out, on_failure="fail" (null before v2)
     _required("parameters_json", pa.string()),
     _optional("manifest_uri", pa.string()),
 )
