@@ -12,7 +12,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks.retries import retry_unless
 from vstar_data.manifest import append_run_index, build_manifest, run_status, write_manifest
-from vstar_data.runs import RunPaths
+from vstar_data.runs import DEFAULT_VARIANT, RunPaths
 from vstar_data.schemas import METRICS_SCHEMA, SAMPLES_SCHEMA, SYNOPSES_SCHEMA, write_table
 from vstar_data.keys import content_key
 from vstar_data.storage import StorageError, exists, join, read_bytes, remove_stale_temp_files, write_bytes_atomic
@@ -91,6 +91,21 @@ def write_plots(
     return written
 
 
+def recorded_hashes(run: RunPaths, samples: list[dict]) -> dict[str, str]:
+    """SHA-256 of the videos and strips copied into ``run`` from the cache, by path in the run
+    directory, as their cache records give them."""
+    hashes = {}
+    for sample in samples:
+        if sample["status"] != "ok":
+            continue
+        placed = ((run.video, sample.get("video_sha256")), (run.strip, sample.get("strip_sha256")))
+        for url_of, digest in placed:
+            if digest:
+                url = url_of(sample["catalog_id"], sample["seed"], sample.get("variant") or DEFAULT_VARIANT)
+                hashes[url.removeprefix(run.run_dir + "/")] = digest
+    return hashes
+
+
 @task(task_run_name="write-manifest", retries=2, retry_delay_seconds=[1, 5],
       retry_condition_fn=retry_unless(StorageError))
 def finish_run(run: RunPaths, parameters: dict, created_at: datetime, catalog: str,
@@ -109,7 +124,8 @@ def finish_run(run: RunPaths, parameters: dict, created_at: datetime, catalog: s
     }
     finished = datetime.now(timezone.utc)
     manifest = build_manifest(run.run_dir, run.run_id, parameters=parameters, row_counts=row_counts,
-                              created_at=created_at, finished_at=finished)
+                              created_at=created_at, finished_at=finished,
+                              recorded_sha256=recorded_hashes(run, samples))
     url = write_manifest(run.run_dir, {**manifest, "failures": dict(failures)})
     append_run_index(run.output_root, {
         "run_id": run.run_id,

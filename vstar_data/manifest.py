@@ -91,19 +91,24 @@ def build_manifest(
     row_counts: Mapping[str, int],
     created_at: datetime,
     finished_at: datetime | None = None,
+    recorded_sha256: Mapping[str, str] | None = None,
     retry: Retry = DEFAULT_RETRY,
 ) -> dict[str, Any]:
     """The manifest of the run directory ``run_url``: every file in it (except the manifest
     itself) with size and SHA-256, plus the run's id, parameters, row counts and versions.
 
-    ``parameters`` must be JSON-serialisable; times must be timezone-aware.
+    ``recorded_sha256`` maps paths relative to ``run_url`` to hashes already known (copies of
+    cached videos, whose hash was taken from their bytes when they were made): those files are
+    not read again, which on a bucket would download the whole dataset. Every other file is read
+    and hashed. ``parameters`` must be JSON-serialisable; times must be timezone-aware.
     """
     check_run_id(run_id)
     for name, moment in (("created_at", created_at), ("finished_at", finished_at)):
         if moment is not None and moment.tzinfo is None:
             raise ValueError(f"{name} must be timezone-aware, got {moment!r}")
+    recorded = recorded_sha256 or {}
     files = {
-        path: {"size": size, "sha256": sha256(join(run_url, path), retry=retry)}
+        path: {"size": size, "sha256": recorded.get(path) or sha256(join(run_url, path), retry=retry)}
         for path, size in list_files(run_url, retry=retry).items()
         if path != MANIFEST_NAME
     }

@@ -79,6 +79,7 @@ SAMPLES_SCHEMA = _schema(
     _optional("video_uri", pa.string()),
     _optional("strip_uri", pa.string()),
     _optional("video_sha256", pa.string()),
+    _optional("strip_sha256", pa.string()),
     _required("status", pa.string()),  # "ok" | "failed"
     _optional("error", pa.string()),
     _optional("generate_seconds", pa.float64()),
