@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict
 
 from tasks.models import cached_embedder
 from vstar_data.runs import CachePaths
-from vstar_data.storage import exists, read_bytes, write_bytes_atomic
+from vstar_data.storage import exists, read_bytes, storage_options_for, write_bytes_atomic
 
 
 class EvaluationSettings(BaseModel):
@@ -37,10 +37,29 @@ def settings_embedder(settings: EvaluationSettings):
 
 
 def check_evaluation(settings: EvaluationSettings) -> str | None:
-    """Build the embedder once up front (fails fast on missing weights); the metric it measures."""
+    """Build the embedder once up front (fails fast on missing weights); the metric it measures.
+
+    Called by flows: a fallback metric standing in for DreamSim is also said in the flow run's
+    logs, where the Prefect UI shows it. Missing weights raise
+    :class:`~vstar_model.evaluation.dreamsim_weights.DreamSimWeightsMissing` naming both the CLI
+    flags and the deployment parameters that fix it.
+    """
+    from vstar_model.evaluation.dreamsim_weights import DreamSimWeightsMissing
+
     if settings.metric == "none":
         return None
-    return settings_embedder(settings).metric
+    try:
+        metric = settings_embedder(settings).metric
+    except DreamSimWeightsMissing as error:
+        raise DreamSimWeightsMissing(
+            f"{error}\nPoint to the weights with --dreamsim-cache (deployment parameter evaluation.cache_dir), "
+            "or score without them: --fallback-metric pixel_cosine (evaluation.fallback) or --metric none "
+            "(evaluation.metric)"
+        ) from None
+    if metric != settings.metric:
+        get_run_logger().warning("%s weights are missing: videos are scored with the fallback metric %r, "
+                                 "recorded under that name", settings.metric, metric)
+    return metric
 
 
 @task(task_run_name="read-run-samples", retries=2, retry_delay_seconds=[1, 5])
@@ -66,7 +85,8 @@ def score_video(
     from vstar_model.video.reader import read_video_frames
 
     embedder = settings_embedder(settings)
-    return embedder.metric, similarity_matrix(embedder.embed(read_video_frames(video_uri, num_frames)))
+    frames = read_video_frames(video_uri, num_frames, storage_options=storage_options_for(video_uri))
+    return embedder.metric, similarity_matrix(embedder.embed(frames))
 
 
 def metric_rows(sample: dict, metric: str, matrix) -> list[dict]:
@@ -92,7 +112,7 @@ def metric_rows(sample: dict, metric: str, matrix) -> list[dict]:
 
 def scored_sample(sample: dict, settings: EvaluationSettings, output_root: str) -> tuple[list[dict], list]:
     """Metrics rows and similarity matrix of one video, reused when this video was scored before."""
-    metric = check_evaluation(settings)
+    metric = settings_embedder(settings).metric
     cached = CachePaths(output_root).metrics(sample["sample_key"], metric)
     if exists(cached):
         scored = json.loads(read_bytes(cached))

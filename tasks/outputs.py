@@ -18,6 +18,7 @@ from vstar_data.keys import content_key
 from vstar_data.storage import StorageError, exists, join, read_bytes, remove_stale_temp_files, write_bytes_atomic
 
 PLOT_NAMES = ("similarity_matrices.png", "similarity_mean.png", "interval_similarity.png")
+STRIPS_EMBEDDED = 16  # frame strips shown inline in a run's summary artifact; the rest are listed
 _TABLES = {"synopses": SYNOPSES_SCHEMA, "samples": SAMPLES_SCHEMA, "metrics": METRICS_SCHEMA}
 
 
@@ -204,5 +205,33 @@ def publish_artifacts(run: RunPaths, samples: list[dict], metrics: list[dict], p
         lines += ["", f"Distance to the reference `{scores[0]['reference']}` (mean 1-D Wasserstein over k; lower is"
                   " closer to real videos):", "", "| variant | score |", "|---|---|"]
         lines += [f"| {m['variant']} | {m['value']:.4f} |" for m in scores]
+    lines += frame_strips(run, samples)
     lines += embedded_plots(plots)
-    create_markdown_artifact("\n".join(lines), description=f"summary of run {run.run_id}")
+    # Only keyed artifacts are listed by `prefect artifact ls` and on the UI's Artifacts page.
+    create_markdown_artifact("\n".join(lines), key=f"vstar-run-{run.run_id.lower()}-summary",
+                             description=f"summary of run {run.run_id}")
+
+
+def frame_strips(run: RunPaths, samples: list[dict], embedded: int = STRIPS_EMBEDDED) -> list[str]:
+    """Markdown showing the frame strips of the first ``embedded`` videos inline and naming the
+    files of the others, so a summary stays a few MB however large the run."""
+    ok = [s for s in samples if s["status"] == "ok"]
+    if not ok:
+        return []
+    lines = ["", "## Videos", ""]
+    for number, sample in enumerate(ok):
+        variant = sample.get("variant") or DEFAULT_VARIANT
+        label = f"{sample['catalog_id']} s{sample['seed']}" + ("" if variant == DEFAULT_VARIANT else f" {variant}")
+        url = run.strip(sample["catalog_id"], sample["seed"], variant)
+        if number < embedded:
+            encoded = base64.b64encode(read_bytes(url)).decode()
+            lines += [f"**{label}**: {_states_text(sample)}", "", f"![{label}](data:image/png;base64,{encoded})", ""]
+        else:
+            if number == embedded:
+                lines += [f"{len(ok) - embedded} more (strips not embedded):", ""]
+            lines.append(f"- {label}: `{url}`")
+    return lines
+
+
+def _states_text(sample: dict) -> str:
+    return " → ".join(sample["states"]) if sample.get("vsp") else f"{sample['prompt']} (one prompt, no VSP)"

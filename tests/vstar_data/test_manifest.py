@@ -101,7 +101,7 @@ def test_written_manifest_reads_back_and_verifies(output_root):
 
 def test_verify_reports_missing_changed_and_unlisted_files(tmp_path):
     paths = RunPaths(str(tmp_path), new_run_id(START))
-    fill_run(paths)
+    files = fill_run(paths)
     write_manifest(
         paths.run_dir,
         build_manifest(paths.run_dir, paths.run_id, parameters={}, row_counts={}, created_at=START),
@@ -111,10 +111,13 @@ def test_verify_reports_missing_changed_and_unlisted_files(tmp_path):
     (run_dir / "videos" / "a__s0.png").write_bytes(b"strip A")  # same size, other content
     (run_dir / "videos" / "b__s0.mp4").write_bytes(b"late")
     (run_dir / "videos" / f"{TEMP_PREFIX}c__s0.mp4.1a2b3c4d").write_bytes(b"half")
+    (run_dir / "metrics.parquet").write_bytes(b"cut")
+    strip_sha = hashlib.sha256(b"strip a").hexdigest()
     assert verify_manifest(paths.run_dir) == [
         "missing: plots/dynamics.png",
         "not in manifest: videos/b__s0.mp4",
-        "changed: videos/a__s0.png",
+        f"changed: metrics.parquet (3 bytes, the manifest says {len(files['metrics.parquet'])})",
+        f"changed: videos/a__s0.png (sha256 {hashlib.sha256(b'strip A').hexdigest()}, the manifest says {strip_sha})",
     ]
 
 
