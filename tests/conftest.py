@@ -76,3 +76,24 @@ def llm_server(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", TEST_API_KEY)
     with FakeLLMServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """moto's S3-compatible server on 127.0.0.1 for the whole session (tests/s3_server.py)."""
+    from tests.s3_server import S3Server
+
+    server = S3Server(tmp_path_factory.mktemp("moto"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, monkeypatch):
+    """A fresh bucket on the local S3 server, with credentials moto accepts in the environment:
+    ``(s3 URL of the bucket, storage options that reach it)``."""
+    from tests.s3_server import CREDENTIALS
+
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    return f"s3://{s3_server.new_bucket()}", {"endpoint_url": s3_server.endpoint}

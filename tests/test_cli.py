@@ -47,3 +47,31 @@ def test_flow_heartbeats_are_off_only_against_the_ephemeral_api():
         assert get_current_settings().flows.heartbeat_frequency is None
     with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:4200/api"}), local_flow_settings():
         assert get_current_settings().flows.heartbeat_frequency == 180  # a server watches them: Prefect's default
+
+
+def _index_entries(root: Path, count: int) -> list[str]:
+    import json
+    from datetime import UTC, datetime, timedelta
+
+    from vstar_data.manifest import append_run_index
+    from vstar_data.runs import new_run_id
+
+    start = datetime(2026, 11, 2, tzinfo=UTC)
+    ids = [new_run_id(start + timedelta(hours=i)) for i in range(count)]
+    for run_id in ids:
+        append_run_index(str(root), {
+            "run_id": run_id, "created_at": start, "finished_at": start, "status": "ok", "catalog": "c.yaml",
+            "num_samples": 4, "num_failed": 0, "num_synopses_fallback": 0, "num_synopses_failed": 0,
+            "parameters_json": json.dumps({}), "manifest_uri": None,
+        })
+    return ids
+
+
+def test_runs_list_exits_cleanly_every_time(tmp_path):
+    """Arrow's I/O threads reading a Python file object could still be calling into Python when the
+    interpreter exited: the process aborted with 134 after printing (seen in 2 of 10 calls)."""
+    ids = _index_entries(tmp_path / "out", 10)
+    for attempt in range(20):
+        result = _vstar("runs", "list", str(tmp_path / "out"), tmp_path=tmp_path)
+        assert result.returncode == 0, (attempt, result.returncode, result.stderr[-2000:])
+        assert all(run_id in result.stdout for run_id in ids)

@@ -7,7 +7,6 @@ timestamp[us, UTC]) that pyarrow.dataset, pandas, DuckDB and Hugging Face datase
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from numbers import Integral, Real
@@ -225,15 +224,20 @@ def write_table(
     table = rows_to_table(rows, schema)
     metadata = {**(schema.metadata or {}), RUN_ID_KEY: run_id.encode("utf-8")}
     table = table.replace_schema_metadata(metadata)
-    buffer = io.BytesIO()
+    buffer = pa.BufferOutputStream()
     pq.write_table(table, buffer)
-    write_bytes_atomic(url, buffer.getvalue(), retry=retry)
+    write_bytes_atomic(url, buffer.getvalue().to_pybytes(), retry=retry)
     return table
 
 
 def read_table(url: str, *, retry: Retry = DEFAULT_RETRY) -> pa.Table:
-    """Read the Parquet file at ``url`` (metadata included)."""
-    return pq.read_table(io.BytesIO(read_bytes(url, retry=retry)))
+    """Read the Parquet file at ``url`` (metadata included).
+
+    The bytes go to Arrow as its own buffer, not as a Python file object: Arrow's I/O threads
+    would call back into Python to read one, and a call still pending when the interpreter exits
+    aborts the process ("terminate called without an active exception", exit code 134).
+    """
+    return pq.read_table(pa.BufferReader(read_bytes(url, retry=retry)))
 
 
 def table_run_id(table: pa.Table) -> str | None:
