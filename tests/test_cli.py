@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _vstar(*args, env=None, tmp_path):
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "HF_HOME": str(tmp_path / "hf"), **(env or {})}
-    return subprocess.run([VSTAR, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    return subprocess.run([VSTAR, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
 
 
 def test_every_command_has_help(tmp_path):

@@ -31,7 +31,7 @@ def _elsewhere(tmp_path):
 def _run_once(env, checkout, pool, cwd):
     worker = subprocess.run([PREFECT, "worker", "start", "--pool", pool, "--run-once"],
                             env={**env, "VSTAR_CHECKOUT": str(checkout)}, cwd=cwd, capture_output=True, text=True,
-                            timeout=400)
+                            timeout=900)
     assert worker.returncode == 0, worker.stdout + worker.stderr
     return worker
 

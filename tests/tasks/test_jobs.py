@@ -9,12 +9,18 @@ from tasks.jobs import submit_in_window
 
 def test_at_most_window_runs_in_flight_and_results_in_item_order(prefect_harness):
     lock, running, peak = threading.Lock(), [0], [0]
+    # With a window of 2 the first two items meet before going on: two are in flight at once
+    # however the threads are scheduled (and a window that let only one run would time out here).
+    meeting = {2: threading.Barrier(2, timeout=300)}
+    window_of_this_run = [2]
 
     @task
     def work(item: int, offset: int) -> int:
         with lock:
             running[0] += 1
             peak[0] = max(peak[0], running[0])
+        if item < 2 and window_of_this_run[0] in meeting:
+            meeting[window_of_this_run[0]].wait()
         time.sleep(0.05 * (item % 3))  # finish out of order
         with lock:
             running[0] -= 1
@@ -26,7 +32,7 @@ def test_at_most_window_runs_in_flight_and_results_in_item_order(prefect_harness
 
     assert windowed(2) == [100 + i for i in range(8)]
     assert peak[0] == 2
-    peak[0] = 0
+    peak[0], window_of_this_run[0] = 0, 1
     assert windowed(1) == [100 + i for i in range(8)]
     assert peak[0] == 1
 
