@@ -9,7 +9,7 @@ from prefect import flow, get_run_logger
 from prefect.utilities.annotations import quote
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tasks.catalogs import read_catalog
 from tasks.evaluate import EvaluationSettings, check_evaluation, evaluate_sample
@@ -29,7 +29,7 @@ from tasks.shards import run_shard, split_jobs
 from tasks.outputs import finish_run, publish_artifacts, write_plots, write_rows
 from tasks.synopsize import LLMSettings, failed_synopsis_row, synopsize_entry
 from vstar_data.runs import RunPaths, new_run_id
-from vstar_data.storage import using_storage_options
+from vstar_data.storage import check_storage_options, using_storage_options
 from vstar_model.sampling.unet import VARIANTS
 
 
@@ -60,6 +60,11 @@ class ProduceParameters(BaseModel):
     model: ModelSettings = ModelSettings()
     llm: LLMSettings = LLMSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_credentials(cls, options: dict[str, Any]) -> dict[str, Any]:
+        return check_storage_options(options)  # they are stored with the run's parameters
 
     def uses_vsp(self) -> bool:
         """Whether any variant needs synopses (otherwise no LLM call is made)."""

@@ -217,3 +217,9 @@ def test_the_summary_artifact_is_keyed_shows_the_frame_strips_bounded_and_warns_
     # The metric fallback reached the flow run's own logger (what the UI shows), not only the terminal.
     assert any(r.name.startswith("prefect.flow_runs") and "fallback metric 'pixel_cosine'" in r.getMessage()
                for r in caplog.records)
+
+
+def test_credentials_cannot_be_storage_options_of_a_run():
+    with pytest.raises(ValueError, match="environment"):
+        ProduceParameters(catalog="c.yaml", storage_options={"secret": "abc"})
+    assert ProduceParameters(catalog="c.yaml", storage_options={"endpoint_url": "http://127.0.0.1:9000"})
