@@ -281,20 +281,28 @@ def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return isinstance(fs, LocalFileSystem)
 
 
-def _write_local_atomic(path: str, data: bytes) -> None:
+def _replace_local_atomically(path: str, fill: Callable[[str], None]) -> None:
+    """``fill`` a hidden temporary file next to ``path``, then rename it over ``path``."""
     directory, name = os.path.split(path)
     os.makedirs(directory, exist_ok=True)
     temp = os.path.join(directory, f"{TEMP_PREFIX}{name}.{uuid.uuid4().hex[:8]}")
     try:
+        fill(temp)
+        os.replace(temp, path)
+    except BaseException:
+        if os.path.lexists(temp):
+            os.remove(temp)
+        raise
+
+
+def _write_local_atomic(path: str, data: bytes) -> None:
+    def fill(temp: str) -> None:
         with open(temp, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.remove(temp)
-        raise
+
+    _replace_local_atomically(path, fill)
 
 
 def write_bytes_atomic(url: str, data: bytes, *, retry: Retry = DEFAULT_RETRY) -> None:
@@ -307,10 +315,7 @@ def write_bytes_atomic(url: str, data: bytes, *, retry: Retry = DEFAULT_RETRY) -
 
 
 def _copy_local_atomic(source: str, target: str) -> None:
-    directory, name = os.path.split(target)
-    os.makedirs(directory, exist_ok=True)
-    temp = os.path.join(directory, f"{TEMP_PREFIX}{name}.{uuid.uuid4().hex[:8]}")
-    try:
+    def fill(temp: str) -> None:
         try:
             os.link(source, temp)  # the cache file's bytes, without reading them
         except OSError as error:
@@ -319,11 +324,8 @@ def _copy_local_atomic(source: str, target: str) -> None:
             shutil.copyfile(source, temp)  # another device, or no hard links here
             with open(temp, "rb+") as handle:
                 os.fsync(handle.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        if os.path.lexists(temp):
-            os.remove(temp)
-        raise
+
+    _replace_local_atomically(target, fill)
 
 
 def copy_file(source_url: str, target_url: str, *, retry: Retry = DEFAULT_RETRY) -> None:
