@@ -32,6 +32,7 @@ def test_missing_model_weights_give_a_message_not_a_traceback(tmp_path):
                     env={"HF_HUB_OFFLINE": "1"}, tmp_path=tmp_path)
     assert result.returncode == 2
     assert "'modelscope'" in result.stderr and "huggingface-cli download ali-vilab/text-to-video-ms-1.7b" in result.stderr
+    assert "--model-path" in result.stderr and "model.path" in result.stderr  # CLI and deployment users
     assert "Traceback" not in result.stdout + result.stderr
     assert not out.exists()
 
