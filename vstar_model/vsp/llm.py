@@ -262,7 +262,7 @@ def synopsize(
                 failure.latency_seconds = in_calls
                 raise failure from None
             if content:  # ask again at once, saying what was wrong with the answer
-                request["messages"] = [*messages, *_reask_messages(response, reason, secrets)]
+                request["messages"] = [*messages, *_reask_messages(prompt, response, reason, secrets)]
                 logger.warning("synopsis answer for %s unusable (%s): %s; asking once more",
                                redact(excerpt(prompt), secrets), error.kind, reason)
                 reasks += 1
@@ -281,16 +281,20 @@ def synopsize(
             retries += 1
 
 
-def _reask_messages(response: Any, reason: str, secrets: Iterable[str | None]) -> list[dict[str, str]]:
-    """The unusable answer and why it was unusable, appended to the conversation for one more try."""
+def _reask_messages(
+    prompt: str, response: Any, reason: str, secrets: Iterable[str | None]
+) -> list[dict[str, str]]:
+    """The unusable answer and why it was unusable, appended to the conversation for one more try
+    (restating the prompt, so the request still names what it is about)."""
     try:
         answer = response.choices[0].message.content or ""
     except (AttributeError, IndexError):
         answer = ""
     return [
         {"role": "assistant", "content": redact(answer, secrets)},
-        {"role": "user", "content": f"That answer cannot be used: {reason}. Answer again, following "
-                                    'the instructions: only the JSON object {"states": [...]}.'},
+        {"role": "user", "content": f"That answer cannot be used: {reason}. Answer again for the prompt "
+                                    f'"{prompt}", following the instructions: only the JSON object '
+                                    '{"states": [...]}.'},
     ]
 
 

@@ -152,7 +152,7 @@ def test_an_unusable_answer_is_asked_again_at_once_saying_why(llm_server, sleeps
     assert result.states == tuple(STATES)
     first, second = llm_server.requests
     assert second.body["messages"][: len(first.body["messages"])] == first.body["messages"]
-    assert "cannot be used" in second.body["messages"][-1]["content"]
+    assert "cannot be used" in second.body["messages"][-1]["content"] and PROMPT in second.body["messages"][-1]["content"]
     assert sleeps == []  # the server answered: no backoff
 
 
