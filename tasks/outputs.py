@@ -15,7 +15,15 @@ from vstar_data.manifest import append_run_index, build_manifest, run_status, wr
 from vstar_data.runs import DEFAULT_VARIANT, RunPaths
 from vstar_data.schemas import METRICS_SCHEMA, SAMPLES_SCHEMA, SYNOPSES_SCHEMA, write_table
 from vstar_data.keys import content_key
-from vstar_data.storage import StorageError, exists, join, read_bytes, remove_stale_temp_files, write_bytes_atomic
+from vstar_data.storage import (
+    StorageError,
+    copy_file,
+    exists,
+    join,
+    read_bytes,
+    remove_stale_temp_files,
+    write_bytes_atomic,
+)
 
 PLOT_NAMES = ("similarity_matrices.png", "similarity_mean.png", "interval_similarity.png")
 STRIPS_EMBEDDED = 16  # frame strips shown inline in a run's summary artifact; the rest are listed
@@ -79,16 +87,13 @@ def write_plots(
         "videos": [[s["catalog_id"], s["seed"], s.get("variant"), matrix] for s, matrix in scored],
     })
     cached = {name: join(output_root, "cache", "plots", f"{key}__{name}") for name in PLOT_NAMES}
-    if all(exists(url) for url in cached.values()):
-        images = {name: read_bytes(url) for name, url in cached.items()}
-    else:
-        images = render_plots(scored, metric, reference)
-        for name, data in images.items():
+    if not all(exists(url) for url in cached.values()):
+        for name, data in render_plots(scored, metric, reference).items():
             write_bytes_atomic(cached[name], data)
     written = []
-    for name, data in images.items():
+    for name, url in cached.items():  # copied by the storage itself, as videos are
         written.append(join(plots_dir, name))
-        write_bytes_atomic(written[-1], data)
+        copy_file(url, written[-1])
     return written
 
 
