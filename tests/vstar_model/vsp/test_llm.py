@@ -432,19 +432,33 @@ def test_calls_in_separate_threads_share_one_bound(llm_server, sleeps):
     assert len(results) == 6 and 1 <= llm_server.max_in_flight <= 2
 
 
-def test_latency_is_the_calls_own_not_the_wait_for_a_slot(llm_server, sleeps):
+def test_latency_is_the_calls_own_not_the_wait_for_a_slot(llm_server, sleeps, monkeypatch):
     import threading
     import time
 
-    from vstar_model.vsp.llm import call_slots
+    from vstar_model.vsp import llm
 
+    class ObservedSlot(threading.BoundedSemaphore):
+        """The process's one LLM slot, saying when a call starts waiting for it."""
+
+        def __init__(self):
+            super().__init__(1)
+            self.waited_for = threading.Event()
+
+        def __enter__(self):
+            if threading.current_thread() is not threading.main_thread():
+                self.waited_for.set()
+            return super().acquire()
+
+    slot = ObservedSlot()
+    monkeypatch.setitem(llm._slots, 1, slot)
     llm_server.enqueue(ok(STATES))
-    slot = call_slots(1)
     slot.acquire()  # another call holds the only slot
     results = []
     caller = threading.Thread(target=lambda: results.append(call(llm_server, sleeps, max_concurrency=1)))
     caller.start()
-    time.sleep(0.5)
+    assert slot.waited_for.wait(timeout=600)
+    time.sleep(0.5)  # the caller waits for the slot all this time
     released_at = time.perf_counter()
     slot.release()
     caller.join()
