@@ -210,14 +210,14 @@ def publish_artifacts(run: RunPaths, samples: list[dict], metrics: list[dict], p
         lines += ["", f"Distance to the reference `{scores[0]['reference']}` (mean 1-D Wasserstein over k; lower is"
                   " closer to real videos):", "", "| variant | score |", "|---|---|"]
         lines += [f"| {m['variant']} | {m['value']:.4f} |" for m in scores]
-    lines += frame_strips(run, samples)
+    lines += frame_strips(run, samples, STRIPS_EMBEDDED)
     lines += embedded_plots(plots)
     # Only keyed artifacts are listed by `prefect artifact ls` and on the UI's Artifacts page.
     create_markdown_artifact("\n".join(lines), key=f"vstar-run-{run.run_id.lower()}-summary",
                              description=f"summary of run {run.run_id}")
 
 
-def frame_strips(run: RunPaths, samples: list[dict], embedded: int = STRIPS_EMBEDDED) -> list[str]:
+def frame_strips(run: RunPaths, samples: list[dict], embedded: int) -> list[str]:
     """Markdown showing the frame strips of the first ``embedded`` videos inline and naming the
     files of the others, so a summary stays a few MB however large the run."""
     ok = [s for s in samples if s["status"] == "ok"]
