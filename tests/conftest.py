@@ -38,7 +38,7 @@ def prefect_harness():
     """One Prefect test harness (a temporary API and database) for the whole session."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with prefect_test_harness(server_startup_timeout=600):  # a bound for a loaded machine
         yield
 
 
