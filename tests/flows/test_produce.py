@@ -204,7 +204,7 @@ def test_the_summary_artifact_is_keyed_shows_the_frame_strips_bounded_and_warns_
     monkeypatch.setattr(outputs, "STRIPS_EMBEDDED", 2)
     empty_cache = tmp_path / "no-dreamsim-weights"
     empty_cache.mkdir()
-    run_dir = _run(catalog, "memory://vstar-artifacts", tiny_model_dir, evaluation=EvaluationSettings(
+    run_dir = _run(catalog, "memory://vstar-summary", tiny_model_dir, evaluation=EvaluationSettings(
         metric="dreamsim_open_clip_vitb32", fallback="pixel_cosine", cache_dir=str(empty_cache)))
     run_id = run_dir.rsplit("/", 1)[-1]
 
