@@ -62,8 +62,9 @@ def test_a_resumed_run_on_a_bucket_copies_videos_server_side_and_readers_read_it
     placed = sorted(path for path in files if path.startswith("videos/"))
     media_bytes = sum(files[path] for path in placed)
     assert len(placed) == 6
-    copies = [r for r in resumed_requests if r.method == "PUT" and r.is_copy]
+    copies = [r for r in resumed_requests if r.method == "PUT" and r.is_copy and "/videos/" in r.url]
     assert sorted(r.url.rsplit("/videos/", 1)[-1] for r in copies) == [p.removeprefix("videos/") for p in placed]
+    assert len([r for r in resumed_requests if r.is_copy and "/plots/" in r.url]) == 3  # the plots too
     moved = [(r.method, r.url) for r in resumed_requests if not r.is_copy and r.method in ("PUT", "POST", "GET")
              and r.url.split("?")[0].endswith((".mp4", ".png")) and "/plots/" not in r.url]
     # Only the frame strips the summary artifact embeds are read; no video, and nothing is uploaded.

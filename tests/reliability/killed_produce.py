@@ -12,8 +12,9 @@ import os
 import signal
 import sys
 
-import tasks.generate
-from vstar_cli import app
+from vstar_cli import app  # first: it sets Prefect's defaults before Prefect is imported
+
+import tasks.generate  # noqa: E402
 
 _write = tasks.generate.write_bytes_atomic
 
