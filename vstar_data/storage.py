@@ -106,7 +106,9 @@ class Retry:
     """How transient storage faults are retried: ``attempts`` tries in all, sleeping
     ``base_delay * 2**i`` seconds (at most ``max_delay``) between them."""
 
-    attempts: int = 4
+    # 11 s of waits in all (0.2, 0.4, ... capped at 5): an endpoint down for several seconds (an 8 s
+    # outage was seen) comes back within them.
+    attempts: int = 7
     base_delay: float = 0.2
     max_delay: float = 5.0
     sleep: Callable[[float], None] = field(default=time.sleep, repr=False)

@@ -375,3 +375,8 @@ def test_storage_options_parse_json_values_and_keep_other_text():
     assert storage.check_storage_options({"token": "anon"}) == {"token": "anon"}
     with pytest.raises(ValueError, match="KEY=VALUE"):
         storage.parse_storage_option("no-equals-sign")
+
+
+def test_the_default_retries_outlast_an_endpoint_outage_of_several_seconds():
+    waits = [storage.DEFAULT_RETRY.delay(i) for i in range(storage.DEFAULT_RETRY.attempts - 1)]
+    assert sum(waits) > 8  # an 8 s outage was seen; our waits alone span it (the clients add their own)
