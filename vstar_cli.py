@@ -13,6 +13,26 @@ import typer
 # The ephemeral Prefect server the CLI starts would otherwise try to send telemetry (and log an
 # error on machines without network); a user's own setting wins.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Prefect gives its ephemeral API server 20 s to start, which a loaded machine exceeds (seen at load
+# average 7-9 on 2 cores); a user's own setting wins.
+EPHEMERAL_STARTUP_TIMEOUT_S = 180
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(EPHEMERAL_STARTUP_TIMEOUT_S))
+
+# The ephemeral server builds task runs from the client's events, one database write per event
+# (its TaskRunRecorder), and is stopped as soon as the flow returns: a write still running then is
+# cancelled and logged at ERROR with a CancelledError traceback ("Error flushing 1 events") on the
+# stderr of a successful run, and that task run's last state is lost anyway. The CLI's ephemeral
+# server does without those event-built task-run records; flow runs, their states, logs and
+# artifacts are written through the API directly and stay. A real server keeps its own settings.
+os.environ.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_ENABLED", "false")
+
+# Exit codes a scheduler can act on (README, "Exit codes").
+EXIT_OK = 0
+EXIT_FAILED = 1  # the run did not finish: Prefect's API would not start, storage failed mid-run, ...
+EXIT_REFUSED = 2  # nothing was run: bad catalog or option, missing weights, unusable output root
+EXIT_PARTIAL = 3  # the run finished, but some videos or catalog entries failed
+EXIT_DEGRADED = 4  # the run finished with every video, but some synopses fell back to the plain prompt
+EXIT_CODE_OF_STATUS = {"ok": EXIT_OK, "partial": EXIT_PARTIAL, "degraded": EXIT_DEGRADED}
 
 app = typer.Typer(help="Long, dynamic text-to-video datasets with VSTAR, orchestrated by Prefect.",
                   no_args_is_help=True, add_completion=False)
@@ -22,9 +42,46 @@ app.add_typer(catalog_app, name="catalog")
 app.add_typer(runs_app, name="runs")
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = EXIT_REFUSED) -> None:
     typer.secho(message, fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
+
+
+def start_prefect_api() -> None:
+    """Make sure a Prefect API answers before any flow starts, so that a failure is one line.
+
+    Without ``PREFECT_API_URL`` this starts Prefect's ephemeral server now (the flow then reuses
+    it); with it, the server there must answer its health check.
+    """
+    import httpx
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
+    if api_url := PREFECT_API_URL.value():
+        try:
+            httpx.get(f"{api_url.rstrip('/')}/health", timeout=30).raise_for_status()
+        except httpx.HTTPError as error:
+            _fail(f"the Prefect API at PREFECT_API_URL={api_url} does not answer ({type(error).__name__}: "
+                  f"{error}); start the server, or unset PREFECT_API_URL to use an ephemeral one", EXIT_FAILED)
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    try:
+        SubprocessASGIServer().start()
+    except Exception as error:  # Prefect raises RuntimeError on its timeout, httpx errors on slow answers
+        timeout = PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
+        reason = str(error).split(". ", 1)[0].strip().rstrip(".")
+        _fail(f"Prefect's ephemeral API server did not start within {timeout} s ({type(error).__name__}: {reason}); "
+              "on a busy machine set PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS higher, or PREFECT_API_URL "
+              "to a running Prefect server", EXIT_FAILED)
+
+
+def _storage_options(pairs: list[str] | None) -> dict:
+    from vstar_data.storage import check_storage_options, parse_storage_option
+
+    try:
+        return check_storage_options(dict(parse_storage_option(pair) for pair in pairs or ()))
+    except ValueError as error:
+        _fail(str(error))
 
 
 def _count_videos(catalog, samples: int, variants: int) -> int:
@@ -164,61 +221,107 @@ def produce(
     dreamsim_cache: Optional[str] = typer.Option(None, help="DreamSim weights folder"),
     reference: Optional[str] = typer.Option(None, help="reference from `vstar evaluate` to compare with"),
     gpu_slots: int = typer.Option(1, min=1, help="videos generated at once"),
+    llm_timeout: float = typer.Option(60.0, min=0.1, help="seconds per LLM call"),
+    llm_retries: int = typer.Option(4, min=0, help="retries of an LLM call after a network/server fault"),
+    llm_concurrency: int = typer.Option(4, min=1, help="LLM calls in flight at once (all runs, against a server)"),
+    llm_on_failure: str = typer.Option(
+        "fallback", help="when an entry gets no synopsis: fallback (its plain prompt, VSP off) or fail (leave it out)"
+    ),
+    llm_api_key_env: Optional[str] = typer.Option(
+        None, help="environment variable holding the LLM key, when litellm does not read it itself"
+    ),
+    storage_option: Optional[list[str]] = typer.Option(
+        None, help="fsspec option KEY=VALUE for --out's storage, e.g. endpoint_url=http://127.0.0.1:9000 (repeat)"
+    ),
 ) -> None:
-    """Run the produce-dataset flow (Prefect's ephemeral API unless PREFECT_API_URL is set)."""
-    entries = _checked_catalog(catalog, max_frames)  # before Prefect starts or anything is written
-    from pydantic import ValidationError
+    """Run the produce-dataset flow (Prefect's ephemeral API unless PREFECT_API_URL is set).
 
-    from flows.produce import ProduceParameters, produce_dataset
-    from tasks.generate import GTNSettings
-    from tasks.tuning import TuningSettings
-    from tasks.clips import check_clip_inputs
-    from tasks.tuning import check_tuning
-    from tasks.evaluate import EvaluationSettings
-    from tasks.jobs import ModelSettings, check_backbones
-    from tasks.synopsize import LLMSettings
-    from vstar_model.backbones.loading import BackboneNotFound
-    from vstar_model.evaluation.dreamsim_weights import DreamSimWeightsMissing
+    Prints the run directory, and a one-line summary on stderr. Exit code: 0 ok, 3 partial (some
+    videos or entries failed), 4 degraded (some synopses fell back to the plain prompt), 2 nothing
+    run (bad input), 1 failed.
+    """
+    from vstar_data.storage import StorageError, check_writable, using_storage_options
 
-    model_settings = ModelSettings(preset=model, path=model_path, device=device, dtype=dtype, steps=steps,
-                                   height=height, width=width)
-    try:
-        check_backbones(list(entries), model_settings)  # missing weights: a message, not a traceback
-    except BackboneNotFound as error:
-        _fail(str(error))
-    try:
-        parameters = dict(
-            catalog=catalog,
-            output_root=out,
-            frames=frames,
-            max_frames=max_frames,
-            samples_per_prompt=samples,
-            seed=seed,
-            tar=tar,
-            variants=variant,
-            gpu_slots=gpu_slots,
-            model=model_settings,
-            llm=LLMSettings(model=llm_model, api_base=llm_api_base),
-            evaluation=EvaluationSettings(metric=metric, fallback=fallback_metric, cache_dir=dreamsim_cache,
-                                          reference=reference),
-            tar_band_from=tar_band_from,
-            gtn=GTNSettings(**_given(reference=gtn_reference, steps=gtn_steps, timestep=gtn_timestep,
-                                     learning_rate=gtn_lr, kl_weight=gtn_kl_weight)),
-            tuning=TuningSettings(**_given(budget=tuning_budget, level_sets=_level_sets(tuning_levels))),
-        )
-        checked = ProduceParameters(**parameters)
-        check_clip_inputs(list(entries), checked)  # real clips and tar auto: before Prefect starts
-        check_tuning(list(entries), checked)
-    except (ValueError, ValidationError) as error:
-        _fail(str(error))
-    try:
-        with local_flow_settings(), video_progress(_count_videos(entries, samples, len(variant))):
-            run_dir = produce_dataset(**parameters)
-    except DreamSimWeightsMissing as error:
-        _fail(f"{error}\n(or pass --fallback-metric pixel_cosine / --metric none)")
-    except BackboneNotFound as error:
-        _fail(str(error))
-    typer.echo(run_dir)
+    options = _storage_options(storage_option)
+    if llm_on_failure not in ("fallback", "fail"):
+        _fail(f"--llm-on-failure must be fallback or fail, got {llm_on_failure!r}")
+    with using_storage_options(out, options):
+        entries = _checked_catalog(catalog, max_frames)  # before Prefect starts or anything is written
+        from pydantic import ValidationError
+
+        from flows.produce import ProduceParameters, produce_dataset
+        from tasks.clips import check_clip_inputs
+        from tasks.evaluate import EvaluationSettings
+        from tasks.generate import GTNSettings
+        from tasks.jobs import ModelSettings, check_backbones
+        from tasks.synopsize import LLMSettings
+        from tasks.tuning import TuningSettings, check_tuning
+        from vstar_model.backbones.loading import BackboneNotFound
+        from vstar_model.evaluation.dreamsim_weights import DreamSimWeightsMissing
+
+        model_settings = ModelSettings(preset=model, path=model_path, device=device, dtype=dtype, steps=steps,
+                                       height=height, width=width)
+        try:
+            check_backbones(list(entries), model_settings)  # missing weights: a message, not a traceback
+        except BackboneNotFound as error:
+            _fail(str(error))
+        try:
+            parameters = dict(
+                catalog=catalog,
+                output_root=out,
+                storage_options=options,
+                frames=frames,
+                max_frames=max_frames,
+                samples_per_prompt=samples,
+                seed=seed,
+                tar=tar,
+                variants=variant,
+                gpu_slots=gpu_slots,
+                model=model_settings,
+                llm=LLMSettings(model=llm_model, api_base=llm_api_base, api_key_env=llm_api_key_env,
+                                timeout=llm_timeout, max_retries=llm_retries, concurrency=llm_concurrency,
+                                on_failure=llm_on_failure),
+                evaluation=EvaluationSettings(metric=metric, fallback=fallback_metric, cache_dir=dreamsim_cache,
+                                              reference=reference),
+                tar_band_from=tar_band_from,
+                gtn=GTNSettings(**_given(reference=gtn_reference, steps=gtn_steps, timestep=gtn_timestep,
+                                         learning_rate=gtn_lr, kl_weight=gtn_kl_weight)),
+                tuning=TuningSettings(**_given(budget=tuning_budget, level_sets=_level_sets(tuning_levels))),
+            )
+            checked = ProduceParameters(**parameters)
+            check_clip_inputs(list(entries), checked)  # real clips and tar auto: before Prefect starts
+            check_tuning(list(entries), checked)
+        except (ValueError, ValidationError) as error:
+            _fail(str(error))
+        try:
+            check_writable(out)
+        except StorageError as error:
+            _fail(f"output root {out} is not usable: {error}")
+        start_prefect_api()
+        try:
+            with local_flow_settings(), video_progress(_count_videos(entries, samples, len(variant))):
+                run_dir = produce_dataset(**parameters)
+        except DreamSimWeightsMissing as error:
+            _fail(str(error))
+        except BackboneNotFound as error:
+            _fail(str(error))
+        except StorageError as error:
+            _fail(f"the run failed: {error}", EXIT_FAILED)
+        typer.echo(run_dir)
+        raise typer.Exit(_summarise(out, run_dir))
+
+
+def _summarise(output_root: str, run_dir: str) -> int:
+    """Print the run's one-line summary on stderr; its exit code."""
+    from vstar_data.runs import RunPaths
+    from vstar_data.schemas import read_table
+
+    [run] = read_table(RunPaths(output_root, run_dir.rstrip("/").rsplit("/", 1)[-1]).index_entry).to_pylist()
+    made = run["num_samples"] - run["num_failed"]
+    typer.echo(f"run {run['run_id']}: {run['status']}: {made} videos made, {run['num_failed']} failed; "
+               f"{run['num_synopses_fallback']} synopses fell back to the plain prompt, "
+               f"{run['num_synopses_failed']} entries failed", err=True)
+    return EXIT_CODE_OF_STATUS.get(run["status"], EXIT_FAILED)
 
 
 @app.command()
@@ -243,6 +346,7 @@ def evaluate(
 
     settings = EvaluationSettings(metric=metric, fallback=fallback_metric, cache_dir=dreamsim_cache,
                                   reference=reference)
+    start_prefect_api()
     try:
         with local_flow_settings():
             if exists(join(source, "samples.parquet")):
@@ -251,7 +355,7 @@ def evaluate(
                 directory = build_reference(videos=source, output_root=out, name=name, num_frames=frames,
                                             evaluation=settings)
     except DreamSimWeightsMissing as error:
-        _fail(f"{error}\n(or pass --fallback-metric pixel_cosine)")
+        _fail(str(error))
     except (FileNotFoundError, ValueError) as error:
         _fail(str(error))
     typer.echo(directory)
@@ -279,6 +383,7 @@ def analyze(
     from flows.analyze import analyze_attention
     from tasks.jobs import ModelSettings
 
+    start_prefect_api()
     try:
         with local_flow_settings():
             directory = analyze_attention(
@@ -382,17 +487,108 @@ def catalog_validate(path: str) -> None:
 
 
 @runs_app.command("list")
-def runs_list(root: str) -> None:
+def runs_list(
+    root: str,
+    all_runs: bool = typer.Option(False, "--all", help="also run directories without a manifest (incomplete)"),
+    storage_option: Optional[list[str]] = typer.Option(None, help="fsspec option KEY=VALUE for ROOT (repeat)"),
+) -> None:
     """The runs under an output root, oldest first."""
-    from vstar_data.manifest import list_runs
+    from vstar_data.manifest import incomplete_runs, list_runs
+    from vstar_data.storage import StorageError, using_storage_options
 
-    table = list_runs(root)
-    if table.num_rows == 0:
+    lines = []
+    try:
+        with using_storage_options(root, _storage_options(storage_option)):
+            for row in list_runs(root).to_pylist():
+                lines.append((row["run_id"], f"{row['run_id']}  {row['status']:<10} {row['num_samples']:>4} videos "
+                                             f"{row['num_failed']:>3} failed  {row['catalog']}"))
+            if all_runs:
+                for run in incomplete_runs(root):
+                    lines.append((run.run_id, f"{run.run_id}  {'incomplete':<10} {run.files:>4} files, "
+                                              f"{_size(run.size)}, last written {run.last_written:%Y-%m-%d %H:%M:%S} UTC"))
+    except StorageError as error:
+        _fail(str(error), EXIT_FAILED)
+    if not lines:
         typer.echo(f"no runs under {root}")
-        return
-    for row in table.to_pylist():
-        typer.echo(f"{row['run_id']}  {row['status']:<8} {row['num_samples']:>4} videos "
-                   f"{row['num_failed']:>3} failed  {row['catalog']}")
+    for _, line in sorted(lines):
+        typer.echo(line)
+
+
+def _size(size: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def _duration_s(text: str) -> float:
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
+    if not match:
+        _fail(f"--older-than takes a number and a unit (s, m, h, d), e.g. 24h; got {text!r}")
+    return float(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+@runs_app.command("clean")
+def runs_clean(
+    root: str,
+    older_than: str = typer.Option("24h", help="age since the run directory's last write: 30m, 24h, 7d"),
+    yes: bool = typer.Option(False, "--yes", help="delete (without it, only print what would be deleted)"),
+    storage_option: Optional[list[str]] = typer.Option(None, help="fsspec option KEY=VALUE for ROOT (repeat)"),
+) -> None:
+    """Delete incomplete run directories (no manifest: killed or failed runs) older than --older-than.
+
+    A dry run unless --yes. Finished runs and the cache are never touched.
+    """
+    from datetime import UTC, datetime, timedelta
+
+    from vstar_data.manifest import incomplete_runs
+    from vstar_data.storage import StorageError, remove, using_storage_options
+
+    cutoff = datetime.now(UTC) - timedelta(seconds=_duration_s(older_than))
+    try:
+        with using_storage_options(root, _storage_options(storage_option)):
+            stale = [run for run in incomplete_runs(root) if run.last_written < cutoff]
+            for run in stale:
+                what = f"{run.run_dir} (incomplete, {run.files} files, {_size(run.size)}, last written " \
+                       f"{run.last_written:%Y-%m-%d %H:%M:%S} UTC)"
+                if yes:
+                    remove(run.run_dir, recursive=True)
+                    typer.echo(f"deleted {what}")
+                else:
+                    typer.echo(f"would delete {what}")
+    except StorageError as error:
+        _fail(str(error), EXIT_FAILED)
+    if not stale:
+        typer.echo(f"no incomplete runs older than {older_than} under {root}")
+    elif not yes:
+        typer.echo(f"{len(stale)} incomplete run(s); run again with --yes to delete them")
+
+
+@runs_app.command("verify")
+def runs_verify(
+    run_dir: str,
+    storage_option: Optional[list[str]] = typer.Option(None, help="fsspec option KEY=VALUE for RUN_DIR (repeat)"),
+) -> None:
+    """Check every file of a run against the size and SHA-256 in its manifest; exit 1 on any problem."""
+    from vstar_data.manifest import MANIFEST_NAME, read_manifest, verify_manifest
+    from vstar_data.storage import StorageError, exists, join, using_storage_options
+
+    try:
+        with using_storage_options(run_dir, _storage_options(storage_option)):
+            if not exists(join(run_dir, MANIFEST_NAME)):
+                _fail(f"{run_dir}: no {MANIFEST_NAME}: the run is incomplete (killed, failed or still running)", 1)
+            problems = verify_manifest(run_dir)
+            listed = len(read_manifest(run_dir)["files"])
+    except StorageError as error:
+        _fail(str(error), EXIT_FAILED)
+    for problem in problems:
+        typer.secho(f"{run_dir}: {problem}", fg=typer.colors.RED, err=True)
+    if problems:
+        _fail(f"{run_dir}: {len(problems)} problem(s) in {listed} files", 1)
+    typer.echo(f"{run_dir}: all {listed} files match the manifest")
 
 
 def main() -> None:  # pragma: no cover

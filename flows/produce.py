@@ -7,7 +7,7 @@ from functools import partial
 
 from prefect import flow, get_run_logger
 from prefect.utilities.annotations import quote
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -32,6 +32,7 @@ from tasks.outputs import finish_run, publish_artifacts, write_plots, write_rows
 from tasks.synopsize import LLMSettings, failed_synopsis_row, synopsize_entry
 from tasks.tuning import TuningSettings, check_tuning, tune_jobs, write_tuning
 from vstar_data.runs import RunPaths, new_run_id
+from vstar_data.storage import check_storage_options, using_storage_options
 from vstar_data.uris import absolute_url
 from vstar_model.sampling.unet import VARIANTS
 
@@ -43,6 +44,9 @@ class ProduceParameters(BaseModel):
 
     catalog: str = Field(description="catalog file or URL (YAML, JSON, CSV or Parquet)")
     output_root: str = Field("./outputs", description="local path or fsspec URL; runs go under runs/<run_id>/")
+    storage_options: dict[str, Any] = Field(
+        {}, description="fsspec options for output_root's protocol, e.g. {'endpoint_url': 'http://127.0.0.1:9000'}"
+    )
     frames: int | None = Field(None, ge=1, description="frames per video (default: the model preset's)")
     max_frames: int = Field(256, ge=1, description="largest frames a catalog entry may ask for")
     samples_per_prompt: int = Field(1, ge=1)
@@ -75,6 +79,11 @@ class ProduceParameters(BaseModel):
         # Recorded in the manifest and run index: a reader elsewhere must find it (vstar_data.uris).
         return absolute_url(catalog)
 
+    @field_validator("storage_options")
+    @classmethod
+    def _no_credentials(cls, options: dict[str, Any]) -> dict[str, Any]:
+        return check_storage_options(options)  # they are stored with the run's parameters
+
     def uses_vsp(self) -> bool:
         """Whether any variant needs synopses (otherwise no LLM call is made)."""
         return any(VARIANTS[variant][0] for variant in self.variants)
@@ -84,6 +93,7 @@ class ProduceParameters(BaseModel):
 def produce_dataset(
     catalog: str,
     output_root: str = "./outputs",
+    storage_options: dict[str, Any] = {},  # noqa: B006  (as variants)
     frames: int | None = None,
     max_frames: int = 256,
     samples_per_prompt: int = 1,
@@ -106,6 +116,11 @@ def produce_dataset(
     ``--param catalog=... --param frames=64``; they are validated as :class:`ProduceParameters`.
     """
     p = ProduceParameters(**{name: value for name, value in locals().items()})
+    with using_storage_options(p.output_root, p.storage_options):
+        return _produce(p)
+
+
+def _produce(p: ProduceParameters) -> str:
     logger = get_run_logger()
     entries = read_catalog(p.catalog, p.max_frames)  # a bad catalog stops the run before anything is written
     check_backbones(entries, p.model)  # so do missing model weights
@@ -138,7 +153,8 @@ def produce_dataset(
     jobs, unresolved_rows = set_aside_unresolved(jobs, {**unresolved, **failed_tuning}, run)
     if p.shard_deployment:
         parts = split_jobs(jobs, p.shards)
-        shard_runs = [run_shard.submit(p.shard_deployment, part, run, i, gpu_limit) for i, part in enumerate(parts)]
+        shard_runs = [run_shard.submit(p.shard_deployment, part, run, i, gpu_limit, p.storage_options)
+                      for i, part in enumerate(parts)]
         samples = [row for future in shard_runs for row in future.result()]
     else:
         generated = submit_in_window(generate_sample, jobs, p.gpu_slots, run, gpu_limit)

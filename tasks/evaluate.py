@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from tasks.models import cached_embedder
 from vstar_data.runs import CachePaths, RunPaths
-from vstar_data.storage import exists, read_bytes, write_bytes_atomic
+from vstar_data.storage import exists, read_bytes, storage_options_for, write_bytes_atomic
 from vstar_data.uris import absolute_url, resolve_uri
 
 
@@ -44,10 +44,29 @@ def settings_embedder(settings: EvaluationSettings):
 
 
 def check_evaluation(settings: EvaluationSettings) -> str | None:
-    """Build the embedder once up front (fails fast on missing weights); the metric it measures."""
+    """Build the embedder once up front (fails fast on missing weights); the metric it measures.
+
+    Called by flows: a fallback metric standing in for DreamSim is also said in the flow run's
+    logs, where the Prefect UI shows it. Missing weights raise
+    :class:`~vstar_model.evaluation.dreamsim_weights.DreamSimWeightsMissing` naming both the CLI
+    flags and the deployment parameters that fix it.
+    """
+    from vstar_model.evaluation.dreamsim_weights import DreamSimWeightsMissing
+
     if settings.metric == "none":
         return None
-    return settings_embedder(settings).metric
+    try:
+        metric = settings_embedder(settings).metric
+    except DreamSimWeightsMissing as error:
+        raise DreamSimWeightsMissing(
+            f"{error}\nPoint to the weights with --dreamsim-cache (deployment parameter evaluation.cache_dir), "
+            "or score without them: --fallback-metric pixel_cosine (evaluation.fallback) or --metric none "
+            "(evaluation.metric)"
+        ) from None
+    if metric != settings.metric:
+        get_run_logger().warning("%s weights are missing: videos are scored with the fallback metric %r, "
+                                 "recorded under that name", settings.metric, metric)
+    return metric
 
 
 @task(task_run_name="read-run-samples", retries=2, retry_delay_seconds=[1, 5])
@@ -73,7 +92,8 @@ def score_video(
     from vstar_model.video.reader import read_video_frames
 
     embedder = settings_embedder(settings)
-    return embedder.metric, similarity_matrix(embedder.embed(read_video_frames(video_uri, num_frames)))
+    frames = read_video_frames(video_uri, num_frames, storage_options=storage_options_for(video_uri))
+    return embedder.metric, similarity_matrix(embedder.embed(frames))
 
 
 def metric_rows(sample: dict, metric: str, matrix) -> list[dict]:
@@ -128,7 +148,8 @@ def scored_sample(sample: dict, settings: EvaluationSettings, output_root: str) 
         if "embedding" in scored:  # scores cached before embeddings were kept are computed again
             rows = [{**row, "run_id": sample["run_id"]} for row in scored["rows"]]
             return rows, scored["matrix"], scored["embedding"]
-    frames = read_video_frames(video_url(sample, output_root))
+    url = video_url(sample, output_root)
+    frames = read_video_frames(url, storage_options=storage_options_for(url))
     embeddings = embedder.embed(frames)
     matrix = similarity_matrix(embeddings)
     rows = metric_rows(sample, embedder.metric, matrix) + motion_rows(sample, frames)

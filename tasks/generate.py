@@ -17,7 +17,7 @@ from tasks.progress import report
 from tasks.retries import retry_unless
 from vstar_data.keys import sample_key
 from vstar_data.runs import CachePaths, RunPaths
-from vstar_data.storage import StorageError, exists, read_bytes, write_bytes_atomic
+from vstar_data.storage import StorageError, copy_file, exists, read_bytes, write_bytes_atomic
 from vstar_data.uris import relative_uri
 from vstar_model.backbones.loading import pick_device, resolve_location
 from vstar_model.backbones.presets import get_preset
@@ -133,6 +133,7 @@ def sample_row(job: SampleJob, run: RunPaths, key: str, record: dict | None, err
         "video_uri": relative_uri(run.video(job.entry_id, job.seed, job.variant), run.samples) if ok else None,
         "strip_uri": relative_uri(run.strip(job.entry_id, job.seed, job.variant), run.samples) if ok else None,
         "video_sha256": record.get("video_sha256"),
+        "strip_sha256": record.get("strip_sha256"),  # None for cache records older than this column
         "status": "ok" if ok else "failed",
         "error": None if ok else error[:2000],
         "generate_seconds": record.get("generate_seconds"),
@@ -210,6 +211,7 @@ def cached_sample(
     encode_seconds = time.perf_counter() - start
     record = {
         "video_sha256": hashlib.sha256(video).hexdigest(),
+        "strip_sha256": hashlib.sha256(strip).hexdigest(),
         "generate_seconds": sum(generated.timings.values()),
         "encode_seconds": encode_seconds,
         "created_at": datetime.now(timezone.utc).isoformat(),
@@ -234,8 +236,10 @@ def produce_sample(
     """
     key, record, reused = cached_sample(job, run.output_root, progress, gpu_slot)
     cache = CachePaths(run.output_root)
-    write_bytes_atomic(run.video(job.entry_id, job.seed, job.variant), read_bytes(cache.video(key)))
-    write_bytes_atomic(run.strip(job.entry_id, job.seed, job.variant), read_bytes(cache.strip(key)))
+    # Copied from the cache where the video lives: server-side on a bucket, a hard link on a disk,
+    # so a resumed run moves no video bytes through this process.
+    copy_file(cache.video(key), run.video(job.entry_id, job.seed, job.variant))
+    copy_file(cache.strip(key), run.strip(job.entry_id, job.seed, job.variant))
     return sample_row(job, run, key, record), reused
 
 

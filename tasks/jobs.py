@@ -57,9 +57,10 @@ def plan_jobs(
     """One job per catalog entry, seed and ablation variant, skipping entries whose synopsis failed.
 
     Variants share seeds (paper Fig. 11); without VSP a video is conditioned on the plain prompt,
-    without TAR the backbone's own temporal attention runs. ``bands`` (entry id → ΔA from a real
-    clip) replace the Gaussian band of the entry's TAR videos; ``gtn`` (entry id → settings with
-    the reference clip, its SHA-256) go to its gtn variants.
+    without TAR the backbone's own temporal attention runs. A job's ``vsp`` says whether its frames
+    really move through two or more states, whatever the variant asked for. ``bands`` (entry id → ΔA
+    from a real clip) replace the Gaussian band of the entry's TAR videos; ``gtn`` (entry id →
+    settings with the reference clip, its SHA-256) go to its gtn variants.
     """
     bands, gtn = bands or {}, gtn or {}
     jobs = []
@@ -73,11 +74,12 @@ def plan_jobs(
         seeds = entry.resolve_seeds(default_num_samples=parameters.samples_per_prompt, base_seed=parameters.seed)
         for seed, variant in itertools.product(seeds, parameters.variants):
             use_vsp, use_tar = VARIANTS[variant]
+            states = synopsis["states"] if use_vsp else [entry.prompt]
             jobs.append(
                 SampleJob(
                     entry_id=entry.id,
                     prompt=entry.prompt,
-                    states=synopsis["states"] if use_vsp else [entry.prompt],
+                    states=states,
                     synopsis_source=synopsis["source"],
                     seed=seed,
                     model=preset.name,
@@ -93,7 +95,8 @@ def plan_jobs(
                     negative_prompt=entry.negative_prompt or model.negative_prompt,
                     fps=model.fps or preset.fps,
                     tar=(entry.tar or parameters.tar) if use_tar else "off",
-                    vsp=use_vsp,
+                    # One state (a fallback, or a one-state synopsis) conditions every frame alike: no VSP.
+                    vsp=use_vsp and len(states) >= 2,
                     variant=variant,
                     tar_band=bands.get(entry.id) if use_tar else None,
                     gtn=gtn[entry.id][0] if variant in GTN_VARIANTS else None,

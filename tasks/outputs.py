@@ -11,14 +11,23 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks.retries import retry_unless
-from vstar_data.manifest import append_run_index, build_manifest, write_manifest
-from vstar_data.runs import RunPaths
+from vstar_data.manifest import append_run_index, build_manifest, run_status, write_manifest
+from vstar_data.runs import DEFAULT_VARIANT, RunPaths
 from vstar_data.schemas import EMBEDDINGS_SCHEMA, METRICS_SCHEMA, SAMPLES_SCHEMA, SYNOPSES_SCHEMA, write_table
 from vstar_data.keys import content_key
-from vstar_data.storage import StorageError, exists, join, read_bytes, remove_stale_temp_files, write_bytes_atomic
+from vstar_data.storage import (
+    StorageError,
+    copy_file,
+    exists,
+    join,
+    read_bytes,
+    remove_stale_temp_files,
+    write_bytes_atomic,
+)
 from vstar_data.uris import relative_uri, resolve_uri
 
 PLOT_NAMES = ("similarity_matrices.png", "similarity_mean.png", "interval_similarity.png")
+STRIPS_EMBEDDED = 16  # frame strips shown inline in a run's summary artifact; the rest are listed
 _TABLES = {"synopses": SYNOPSES_SCHEMA, "samples": SAMPLES_SCHEMA, "metrics": METRICS_SCHEMA,
            "embeddings": EMBEDDINGS_SCHEMA}
 
@@ -80,17 +89,29 @@ def write_plots(
         "videos": [[s["catalog_id"], s["seed"], s.get("variant"), matrix] for s, matrix in scored],
     })
     cached = {name: join(output_root, "cache", "plots", f"{key}__{name}") for name in PLOT_NAMES}
-    if all(exists(url) for url in cached.values()):
-        images = {name: read_bytes(url) for name, url in cached.items()}
-    else:
-        images = render_plots(scored, metric, reference)
-        for name, data in images.items():
+    if not all(exists(url) for url in cached.values()):
+        for name, data in render_plots(scored, metric, reference).items():
             write_bytes_atomic(cached[name], data)
     written = []
-    for name, data in images.items():
+    for name, url in cached.items():  # copied by the storage itself, as videos are
         written.append(join(plots_dir, name))
-        write_bytes_atomic(written[-1], data)
+        copy_file(url, written[-1])
     return written
+
+
+def recorded_hashes(run: RunPaths, samples: list[dict]) -> dict[str, str]:
+    """SHA-256 of the videos and strips copied into ``run`` from the cache, by path in the run
+    directory, as their cache records give them."""
+    hashes = {}
+    for sample in samples:
+        if sample["status"] != "ok":
+            continue
+        placed = ((run.video, sample.get("video_sha256")), (run.strip, sample.get("strip_sha256")))
+        for url_of, digest in placed:
+            if digest:
+                url = url_of(sample["catalog_id"], sample["seed"], sample.get("variant") or DEFAULT_VARIANT)
+                hashes[url.removeprefix(run.run_dir + "/")] = digest
+    return hashes
 
 
 @task(task_run_name="write-manifest", retries=2, retry_delay_seconds=[1, 5],
@@ -100,8 +121,8 @@ def finish_run(run: RunPaths, parameters: dict, created_at: datetime, catalog: s
     """Manifest last (it lists every file written before it), then the run's index entry.
 
     The manifest counts rows and failures: ``synopses_fallback`` (plain prompt instead of an LLM
-    synopsis), ``synopses_failed`` (entries left out) and ``samples_failed``; the run is
-    "partial" when an entry or a video failed.
+    synopsis), ``synopses_failed`` (entries left out) and ``samples_failed``; the index entry's
+    status says which (:func:`~vstar_data.manifest.run_status`).
     """
     row_counts = {"synopses": len(synopses), "samples": len(samples), "metrics": len(metrics)}
     failures = {
@@ -111,16 +132,19 @@ def finish_run(run: RunPaths, parameters: dict, created_at: datetime, catalog: s
     }
     finished = datetime.now(timezone.utc)
     manifest = build_manifest(run.run_dir, run.run_id, parameters=parameters, row_counts=row_counts,
-                              created_at=created_at, finished_at=finished)
+                              created_at=created_at, finished_at=finished,
+                              recorded_sha256=recorded_hashes(run, samples))
     url = write_manifest(run.run_dir, {**manifest, "failures": dict(failures)})
     append_run_index(run.output_root, {
         "run_id": run.run_id,
         "created_at": created_at,
         "finished_at": finished,
-        "status": "partial" if failures["synopses_failed"] or failures["samples_failed"] else "ok",
+        "status": run_status(failures),
         "catalog": catalog,
         "num_samples": row_counts["samples"],
         "num_failed": failures["samples_failed"],
+        "num_synopses_fallback": failures["synopses_fallback"],
+        "num_synopses_failed": failures["synopses_failed"],
         "parameters_json": json.dumps(parameters, sort_keys=True),
         "manifest_uri": relative_uri(url, run.index_entry),
     })
@@ -188,5 +212,33 @@ def publish_artifacts(run: RunPaths, samples: list[dict], metrics: list[dict], p
         lines += ["", f"Distance to the reference `{scores[0]['reference']}` (mean 1-D Wasserstein over k; lower is"
                   " closer to real videos):", "", "| variant | score |", "|---|---|"]
         lines += [f"| {m['variant']} | {m['value']:.4f} |" for m in scores]
+    lines += frame_strips(run, samples, STRIPS_EMBEDDED)
     lines += embedded_plots(plots)
-    create_markdown_artifact("\n".join(lines), description=f"summary of run {run.run_id}")
+    # Only keyed artifacts are listed by `prefect artifact ls` and on the UI's Artifacts page.
+    create_markdown_artifact("\n".join(lines), key=f"vstar-run-{run.run_id.lower()}-summary",
+                             description=f"summary of run {run.run_id}")
+
+
+def frame_strips(run: RunPaths, samples: list[dict], embedded: int) -> list[str]:
+    """Markdown showing the frame strips of the first ``embedded`` videos inline and naming the
+    files of the others, so a summary stays a few MB however large the run."""
+    ok = [s for s in samples if s["status"] == "ok"]
+    if not ok:
+        return []
+    lines = ["", "## Videos", ""]
+    for number, sample in enumerate(ok):
+        variant = sample.get("variant") or DEFAULT_VARIANT
+        label = f"{sample['catalog_id']} s{sample['seed']}" + ("" if variant == DEFAULT_VARIANT else f" {variant}")
+        url = run.strip(sample["catalog_id"], sample["seed"], variant)
+        if number < embedded:
+            encoded = base64.b64encode(read_bytes(url)).decode()
+            lines += [f"**{label}**: {_states_text(sample)}", "", f"![{label}](data:image/png;base64,{encoded})", ""]
+        else:
+            if number == embedded:
+                lines += [f"{len(ok) - embedded} more (strips not embedded):", ""]
+            lines.append(f"- {label}: `{url}`")
+    return lines
+
+
+def _states_text(sample: dict) -> str:
+    return " → ".join(sample["states"]) if sample.get("vsp") else f"{sample['prompt']} (one prompt, no VSP)"

@@ -45,7 +45,8 @@ def read_shard_rows(run: RunPaths, shard: int) -> list[dict] | None:
 
 @task(task_run_name="shard-{shard}")
 def run_shard(
-    deployment: str, jobs: list[SampleJob], run: RunPaths, shard: int, concurrency_limit: str | None
+    deployment: str, jobs: list[SampleJob], run: RunPaths, shard: int, concurrency_limit: str | None,
+    storage_options: dict | None = None,
 ) -> list[dict]:
     """Start the shard's flow run on the deployment's pool, wait for it, and return its rows; a
     shard that died leaves its videos recorded as failed with the flow run's final state."""
@@ -54,7 +55,8 @@ def run_shard(
     flow_run = run_deployment(
         deployment,
         parameters={"jobs": [job.model_dump() for job in jobs], "output_root": run.output_root,
-                    "run_id": run.run_id, "shard": shard, "concurrency_limit": concurrency_limit},
+                    "run_id": run.run_id, "shard": shard, "concurrency_limit": concurrency_limit,
+                    "storage_options": storage_options or {}},
         flow_run_name=f"{run.run_id}-shard-{shard}",
         poll_interval=2,
     )

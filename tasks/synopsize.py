@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 from prefect import get_run_logger, task
 from pydantic import BaseModel, ConfigDict
@@ -71,31 +70,33 @@ def make_synopsis(entry: CatalogEntry, *, vsp: bool, llm: LLMSettings, num_frame
 
     key = synopsis_key(entry.prompt, llm.model, TEMPLATE_VERSION, llm.max_states)
     cached = CachePaths(output_root).synopsis(key)
-    start = time.perf_counter()
+    latency = None  # of the LLM call; none for a cached synopsis
     try:
         if exists(cached):
             states = list(validate_states(json.loads(read_bytes(cached))["states"], max_states=llm.max_states,
                                           num_frames=num_frames))
         else:
-            states = list(synopsize(
+            synopsis = synopsize(
                 entry.prompt, model=llm.model, max_states=llm.max_states, num_frames=num_frames,
                 api_base=llm.api_base, api_key_env=llm.api_key_env, timeout=llm.timeout,
-                max_retries=llm.max_retries,
-            ).states)
+                max_retries=llm.max_retries, max_concurrency=llm.concurrency,
+            )
+            states, latency = list(synopsis.states), synopsis.latency_seconds
             write_bytes_atomic(cached, json.dumps({"prompt": entry.prompt, "states": states}).encode())
     except SynopsisError as error:
         if llm.on_failure == "fail":
             raise SynopsisFailed(f"{entry.id}: {error}") from None
         return synopsis_row(entry, [entry.prompt], "fallback", llm=llm, key=key, error=str(error),
-                            latency=time.perf_counter() - start)
-    return synopsis_row(entry, states, "llm", llm=llm, key=key, latency=time.perf_counter() - start)
+                            latency=getattr(error, "latency_seconds", None))
+    return synopsis_row(entry, states, "llm", llm=llm, key=key, latency=latency)
 
 
 @task(task_run_name="synopsize-{entry.id}", retries=2, retry_delay_seconds=[1, 5],
       retry_condition_fn=retry_unless(SynopsisFailed, StorageError))
 def synopsize_entry(entry: CatalogEntry, vsp: bool, llm: LLMSettings, num_frames: int,
                     output_root: str, concurrency_limit: str | None = None) -> dict:
-    """Thin Prefect task around :func:`make_synopsis`, holding one LLM slot while it calls."""
+    """Thin Prefect task around :func:`make_synopsis`, holding one slot of the server's global LLM
+    limit while it calls (all runs); this process's own bound is the LLM client's."""
     from prefect.concurrency.sync import concurrency
 
     if concurrency_limit and vsp and not entry.synopsis:
@@ -103,5 +104,10 @@ def synopsize_entry(entry: CatalogEntry, vsp: bool, llm: LLMSettings, num_frames
             row = make_synopsis(entry, vsp=vsp, llm=llm, num_frames=num_frames, output_root=output_root)
     else:
         row = make_synopsis(entry, vsp=vsp, llm=llm, num_frames=num_frames, output_root=output_root)
-    get_run_logger().info("%s: %d states (%s)", entry.id, len(row["states"]), row["source"])
+    logger = get_run_logger()
+    if row["source"] == "fallback":  # in the flow run's logs, so the UI shows it too
+        logger.warning("%s: no LLM synopsis, the video is made from the plain prompt (VSP off): %s",
+                       entry.id, row["error"])
+    else:
+        logger.info("%s: %d states (%s)", entry.id, len(row["states"]), row["source"])
     return row

@@ -29,7 +29,6 @@ import pytest  # noqa: E402
 
 import vstar_model  # noqa: E402,F401  (torchvision compat before any other import)
 from tests import network_guard  # noqa: E402
-from tests.s3_server import s3_bucket, s3_endpoint  # noqa: E402,F401  (fixtures)
 
 network_guard.install()
 
@@ -39,7 +38,7 @@ def prefect_harness():
     """One Prefect test harness (a temporary API and database) for the whole session."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with prefect_test_harness(server_startup_timeout=600):  # a bound for a loaded machine
         yield
 
 
@@ -89,3 +88,24 @@ def llm_server(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", TEST_API_KEY)
     with FakeLLMServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """moto's S3-compatible server on 127.0.0.1 for the whole session (tests/s3_server.py)."""
+    from tests.s3_server import S3Server
+
+    server = S3Server(tmp_path_factory.mktemp("moto"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, monkeypatch):
+    """A fresh bucket on the local S3 server, with credentials moto accepts in the environment:
+    ``(s3 URL of the bucket, storage options that reach it)``."""
+    from tests.s3_server import CREDENTIALS
+
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    return f"s3://{s3_server.new_bucket()}", {"endpoint_url": s3_server.endpoint}

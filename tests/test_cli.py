@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _vstar(*args, env=None, tmp_path):
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "HF_HOME": str(tmp_path / "hf"), **(env or {})}
-    return subprocess.run([VSTAR, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    return subprocess.run([VSTAR, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
 
 
 def test_every_command_has_help(tmp_path):
@@ -32,6 +33,7 @@ def test_missing_model_weights_give_a_message_not_a_traceback(tmp_path):
                     env={"HF_HUB_OFFLINE": "1"}, tmp_path=tmp_path)
     assert result.returncode == 2
     assert "'modelscope'" in result.stderr and "huggingface-cli download ali-vilab/text-to-video-ms-1.7b" in result.stderr
+    assert "--model-path" in result.stderr and "model.path" in result.stderr  # CLI and deployment users
     assert "Traceback" not in result.stdout + result.stderr
     assert not out.exists()
 
@@ -92,7 +94,8 @@ def test_produce_with_a_band_from_a_clip_gtn_and_tar_auto_on_the_tiny_model(tmp_
     assert reference.returncode == 0, reference.stderr
     catalog = tmp_path / "c.yaml"
     catalog.write_text(f"- id: rain\n  prompt: a rainbow appears\n  tar: 64D1\n  tar_band_from: {clips}/bikes.mp4\n"
-                       "- id: bloom\n  prompt: a peony blooms\n")
+                       "  synopsis: [a grey sky, a rainbow over the hills]\n"
+                       "- id: bloom\n  prompt: a peony blooms\n  synopsis: [a closed peony bud, a peony in full bloom]\n")
     result = _vstar("produce", str(catalog), "--out", str(out), "--frames", "8", "--steps", "2",
                     "--metric", "pixel_cosine", "--tar", "auto", "--reference", reference.stdout.strip(),
                     "--tuning-budget", "2", "--variant", "vstar", "--variant", "gtn",
@@ -119,3 +122,173 @@ def test_curate_and_export_errors_are_one_line_with_a_scheduler_exit_code(tmp_pa
     result = _vstar("export", str(tmp_path), "--format", "tfrecord", "--out", str(tmp_path / "o"), tmp_path=tmp_path)
     assert result.returncode == 2 and "unknown format 'tfrecord'" in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def _index_entries(root: Path, count: int) -> list[str]:
+    import json
+    from datetime import UTC, datetime, timedelta
+
+    from vstar_data.manifest import append_run_index
+    from vstar_data.runs import new_run_id
+
+    start = datetime(2026, 11, 2, tzinfo=UTC)
+    ids = [new_run_id(start + timedelta(hours=i)) for i in range(count)]
+    for run_id in ids:
+        append_run_index(str(root), {
+            "run_id": run_id, "created_at": start, "finished_at": start, "status": "ok", "catalog": "c.yaml",
+            "num_samples": 4, "num_failed": 0, "num_synopses_fallback": 0, "num_synopses_failed": 0,
+            "parameters_json": json.dumps({}), "manifest_uri": None,
+        })
+    return ids
+
+
+def test_runs_list_exits_cleanly_every_time(tmp_path):
+    """Arrow's I/O threads reading a Python file object could still be calling into Python when the
+    interpreter exited: the process aborted with 134 after printing (seen in 2 of 10 calls)."""
+    ids = _index_entries(tmp_path / "out", 10)
+    for attempt in range(20):
+        result = _vstar("runs", "list", str(tmp_path / "out"), tmp_path=tmp_path)
+        assert result.returncode == 0, (attempt, result.returncode, result.stderr[-2000:])
+        assert all(run_id in result.stdout for run_id in ids)
+
+
+# -- Prefect's API at start-up ----------------------------------------------------------------
+
+
+def test_the_cli_gives_prefects_ephemeral_server_time_unless_the_user_set_it(tmp_path):
+    code = "import os, vstar_cli; print(os.environ['PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS'])"
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"}
+    default = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    own = subprocess.run([sys.executable, "-c", code], env={**env, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "7"},
+                         capture_output=True, text=True, check=True)
+    assert (default.stdout.strip(), own.stdout.strip()) == ("180", "7")
+
+
+def test_a_prefect_api_that_does_not_start_is_one_line_and_exit_code_1(tmp_path):
+    # A zero timeout fails Prefect's wait at once, as a machine too busy for the server would.
+    result = _vstar("produce", "catalogs/demo.yaml", "--out", str(tmp_path / "out"), "--metric", "none",
+                    env={"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "0"}, tmp_path=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stdout + result.stderr
+    [line] = [line for line in result.stderr.splitlines() if "did not start" in line]
+    assert "within 0 s" in line and "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in line
+
+
+def test_an_unreachable_prefect_server_is_one_line_and_exit_code_1(tmp_path):
+    result = _vstar("produce", "catalogs/demo.yaml", "--out", str(tmp_path / "out"), "--metric", "none",
+                    env={"PREFECT_API_URL": "http://127.0.0.1:9/api"}, tmp_path=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "PREFECT_API_URL=http://127.0.0.1:9/api does not answer" in result.stderr
+
+
+# -- exit codes and the summary -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status, code", [("ok", 0), ("partial", 3), ("degraded", 4)])
+def test_the_run_summary_says_what_happened_and_gives_its_exit_code(tmp_path, capsys, status, code):
+    from vstar_cli import _summarise
+    from vstar_data.manifest import append_run_index
+    from vstar_data.runs import RunPaths
+
+    [run_id] = _index_entries(tmp_path, 1)
+    append_run_index(str(tmp_path), {
+        "run_id": run_id, "created_at": datetime(2026, 11, 2, tzinfo=UTC), "status": status, "catalog": "c.yaml",
+        "num_samples": 4, "num_failed": 1 if status == "partial" else 0, "num_synopses_fallback": 2,
+        "num_synopses_failed": 0, "parameters_json": "{}",
+    })
+    assert _summarise(str(tmp_path), RunPaths(str(tmp_path), run_id).run_dir) == code
+    [line] = capsys.readouterr().err.splitlines()
+    made = 3 if status == "partial" else 4
+    assert line == (f"run {run_id}: {status}: {made} videos made, {4 - made} failed; "
+                    "2 synopses fell back to the plain prompt, 0 entries failed")
+
+
+@pytest.mark.slow
+def test_produce_prints_no_traceback_and_exits_degraded_when_synopses_fall_back(tmp_path, tiny_model_dir):
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text("- id: own\n  prompt: ice melting\n  synopsis: [an ice cube, a puddle]\n"
+                       "- id: asks-the-llm\n  prompt: a tree losing its leaves\n")
+    args = ["produce", str(catalog), "--out", str(tmp_path / "out"), "--model-path", str(tiny_model_dir),
+            "--frames", "8", "--steps", "1", "--metric", "pixel_cosine",
+            "--llm-model", "openai/vstar-test-llm", "--llm-api-base", "http://127.0.0.1:9/v1", "--llm-retries", "0"]
+    first = _vstar(*args, env={"OPENAI_API_KEY": "sk-vstar-test-0123456789abcdef"}, tmp_path=tmp_path)
+    resumed = _vstar(*args, env={"OPENAI_API_KEY": "sk-vstar-test-0123456789abcdef"}, tmp_path=tmp_path)
+    for result in (first, resumed):
+        assert result.returncode == 4, result.stderr[-3000:]
+        assert "Traceback" not in result.stderr, result.stderr[-5000:]
+        assert "degraded: 2 videos made, 0 failed; 1 synopses fell back" in result.stderr
+        assert result.stdout.strip().splitlines()[-1].startswith(str(tmp_path / "out" / "runs"))
+
+
+# -- runs list --all, clean, verify ---------------------------------------------------------------
+
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from vstar_cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def _finished_run(root: Path) -> str:
+    from vstar_data.manifest import build_manifest, write_manifest
+    from vstar_data.runs import RunPaths, new_run_id
+    from vstar_data.storage import write_bytes_atomic
+
+    run = RunPaths(str(root), new_run_id())
+    write_bytes_atomic(run.video("a", 0), b"video bytes")
+    write_bytes_atomic(run.strip("a", 0), b"strip")
+    write_manifest(run.run_dir, build_manifest(run.run_dir, run.run_id, parameters={}, row_counts={},
+                                               created_at=datetime.now(UTC)))
+    return run.run_dir
+
+
+def _incomplete_run(root: Path, age_hours: float) -> Path:
+    from datetime import timedelta
+
+    from vstar_data.runs import new_run_id
+
+    written = datetime.now(UTC) - timedelta(hours=age_hours)
+    run_dir = root / "runs" / new_run_id(written)
+    (run_dir / "videos").mkdir(parents=True)
+    (run_dir / "synopses.parquet").write_bytes(b"x" * 2048)
+    (run_dir / "videos" / "a__s0.mp4").write_bytes(b"y" * 1024)
+    for path in (run_dir / "synopses.parquet", run_dir / "videos" / "a__s0.mp4"):
+        os.utime(path, (written.timestamp(), written.timestamp()))
+    return run_dir
+
+
+def test_runs_list_all_shows_incomplete_runs_and_clean_deletes_only_old_ones_when_told(tmp_path):
+    root = tmp_path / "out"
+    finished = _finished_run(root)
+    old, recent = _incomplete_run(root, age_hours=30), _incomplete_run(root, age_hours=1)
+
+    plain, everything = _cli("runs", "list", str(root)), _cli("runs", "list", str(root), "--all")
+    assert old.name not in plain.stdout and recent.name not in plain.stdout
+    lines = {line.split()[0]: line for line in everything.stdout.splitlines()}
+    assert "incomplete" in lines[old.name] and "2 files, 3.0 KiB" in lines[old.name]
+    assert "incomplete" in lines[recent.name]
+
+    dry = _cli("runs", "clean", str(root), "--older-than", "24h")
+    assert dry.exit_code == 0 and f"would delete {old}" in dry.stdout and str(recent) not in dry.stdout
+    assert old.exists() and recent.exists()
+    done = _cli("runs", "clean", str(root), "--older-than", "24h", "--yes")
+    assert done.exit_code == 0 and f"deleted {old}" in done.stdout
+    assert not old.exists() and recent.exists() and Path(finished).exists()
+    assert _cli("runs", "clean", str(root), "--older-than", "soon").exit_code == 2
+
+
+def test_runs_verify_checks_every_file_and_exits_1_naming_each_problem(tmp_path):
+    run_dir = _finished_run(tmp_path / "out")
+    good = _cli("runs", "verify", run_dir)
+    assert good.exit_code == 0 and "all 2 files match the manifest" in good.stdout
+
+    Path(run_dir, "videos", "a__s0.mp4").write_bytes(b"video BYTES")  # same size, other bytes
+    Path(run_dir, "videos", "a__s0.png").unlink()
+    bad = _cli("runs", "verify", run_dir)
+    assert bad.exit_code == 1
+    assert "missing: videos/a__s0.png" in bad.output and "changed: videos/a__s0.mp4 (sha256" in bad.output
+
+    incomplete = _cli("runs", "verify", str(_incomplete_run(tmp_path / "out", 1)))
+    assert incomplete.exit_code == 1 and "no manifest.json" in incomplete.output

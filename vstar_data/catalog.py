@@ -503,7 +503,7 @@ def _csv_list(cell: str, *, integers: bool) -> Any:
 
 def _parquet_entries(raw: bytes, problems: _Problems) -> list[_RawEntry]:
     try:
-        table = pq.read_table(io.BytesIO(raw))
+        table = pq.read_table(pa.BufferReader(raw))  # not a Python file: see schemas.read_table
     except (pa.ArrowException, OSError) as error:
         raise problems.fail(None, None, f"not a readable Parquet file: {error}") from error
     return [

@@ -12,23 +12,27 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import platform
+import posixpath
 import subprocess
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
-from vstar_data.runs import RunPaths, check_run_id, run_index_dir
+from vstar_data.runs import RUN_ID_PATTERN, RunPaths, check_run_id, run_index_dir
 from vstar_data.schemas import RUNS_SCHEMA, read_table, write_table
 from vstar_data.storage import (
     DEFAULT_RETRY,
     Retry,
+    filesystem,
     join,
     list_files,
     read_bytes,
     sha256,
+    with_retry,
     write_bytes_atomic,
 )
 from vstar_data.uris import resolve_uri
@@ -92,19 +96,24 @@ def build_manifest(
     row_counts: Mapping[str, int],
     created_at: datetime,
     finished_at: datetime | None = None,
+    recorded_sha256: Mapping[str, str] | None = None,
     retry: Retry = DEFAULT_RETRY,
 ) -> dict[str, Any]:
     """The manifest of the run directory ``run_url``: every file in it (except the manifest
     itself) with size and SHA-256, plus the run's id, parameters, row counts and versions.
 
-    ``parameters`` must be JSON-serialisable; times must be timezone-aware.
+    ``recorded_sha256`` maps paths relative to ``run_url`` to hashes already known (copies of
+    cached videos, whose hash was taken from their bytes when they were made): those files are
+    not read again, which on a bucket would download the whole dataset. Every other file is read
+    and hashed. ``parameters`` must be JSON-serialisable; times must be timezone-aware.
     """
     check_run_id(run_id)
     for name, moment in (("created_at", created_at), ("finished_at", finished_at)):
         if moment is not None and moment.tzinfo is None:
             raise ValueError(f"{name} must be timezone-aware, got {moment!r}")
+    recorded = recorded_sha256 or {}
     files = {
-        path: {"size": size, "sha256": sha256(join(run_url, path), retry=retry)}
+        path: {"size": size, "sha256": recorded.get(path) or sha256(join(run_url, path), retry=retry)}
         for path, size in list_files(run_url, retry=retry).items()
         if path != MANIFEST_NAME
     }
@@ -154,12 +163,64 @@ def verify_manifest(run_url: str, *, retry: Retry = DEFAULT_RETRY) -> list[str]:
     problems += [f"not in manifest: {path}" for path in sorted(set(present) - set(listed))]
     for path in sorted(set(listed) & set(present)):
         expected = listed[path]
-        if (
-            present[path] != expected["size"]
-            or sha256(join(run_url, path), retry=retry) != expected["sha256"]
-        ):
-            problems.append(f"changed: {path}")
+        if present[path] != expected["size"]:
+            problems.append(f"changed: {path} ({present[path]} bytes, the manifest says {expected['size']})")
+        elif (digest := sha256(join(run_url, path), retry=retry)) != expected["sha256"]:
+            problems.append(f"changed: {path} (sha256 {digest}, the manifest says {expected['sha256']})")
     return problems
+
+
+@dataclass(frozen=True)
+class IncompleteRun:
+    """A run directory without ``manifest.json``: killed, failed, or still being written."""
+
+    run_id: str
+    run_dir: str
+    last_written: datetime  # its newest file's time, else the time in its run id
+    files: int
+    size: int
+
+
+def _modified_at(info: Mapping[str, Any]) -> datetime | None:
+    """When fsspec's ``info`` says a file was last written (local, S3, GCS, memory)."""
+    for key in ("mtime", "LastModified", "updated", "created"):
+        value = info.get(key)
+        if isinstance(value, (int, float)):
+            return datetime.fromtimestamp(value, UTC)
+        if isinstance(value, datetime):
+            return value if value.tzinfo else value.replace(tzinfo=UTC)
+        if isinstance(value, str):
+            try:
+                return datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                pass
+    return None
+
+
+def incomplete_runs(output_root: str, *, retry: Retry = DEFAULT_RETRY) -> list[IncompleteRun]:
+    """Run directories under ``output_root`` that have no manifest, oldest first."""
+    runs_url = join(output_root, "runs")
+    fs, runs_path = filesystem(runs_url)
+
+    def run_ids() -> list[str]:
+        if not fs.exists(runs_path):
+            return []
+        names = [posixpath.basename(p.rstrip("/")) for p in fs.ls(runs_path, detail=False)]
+        return sorted(name for name in names if RUN_ID_PATTERN.match(name))
+
+    found = []
+    for run_id in with_retry("list", runs_url, run_ids, retry):
+        run_dir = join(runs_url, run_id)
+        _, path = filesystem(run_dir)
+        if with_retry("check", run_dir, lambda: fs.exists(posixpath.join(path, MANIFEST_NAME)), retry):
+            continue
+        infos = with_retry("list", run_dir, lambda: fs.find(path, detail=True), retry)
+        files = [info for info in infos.values() if info.get("type", "file") == "file"]
+        times = [t for t in map(_modified_at, files) if t is not None]
+        stamp = datetime.strptime(run_id.split("-")[0], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        found.append(IncompleteRun(run_id, run_dir, max(times, default=stamp), len(files),
+                                   sum(int(info.get("size") or 0) for info in files)))
+    return found
 
 
 def append_run_index(
@@ -173,12 +234,28 @@ def append_run_index(
     return url
 
 
+def run_status(failures: Mapping[str, int]) -> str:
+    """What a finished run's index entry says: "partial" when a video or a catalog entry failed,
+    "degraded" when all were made but some synopses fell back to the plain prompt, else "ok"."""
+    if failures.get("samples_failed") or failures.get("synopses_failed"):
+        return "partial"
+    return "degraded" if failures.get("synopses_fallback") else "ok"
+
+
+def _as_runs_schema(table: pa.Table) -> pa.Table:
+    """An index entry in the current ``RUNS_SCHEMA``: columns added since it was written are null."""
+    for field in RUNS_SCHEMA:
+        if field.name not in table.column_names:
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+    return table.select(RUNS_SCHEMA.names)
+
+
 def list_runs(output_root: str, *, retry: Retry = DEFAULT_RETRY) -> pa.Table:
     """All runs recorded under ``output_root``, oldest first, as a ``RUNS_SCHEMA`` table whose
     ``manifest_uri`` is resolved to an absolute URL (each index file records it relative to itself)."""
     index_dir = run_index_dir(output_root)
     tables = [
-        _resolved_manifest_uris(read_table(url, retry=retry).select(RUNS_SCHEMA.names), url)
+        _resolved_manifest_uris(_as_runs_schema(read_table(url, retry=retry)), url)
         for url in (
             join(index_dir, name)
             for name in list_files(index_dir, retry=retry)

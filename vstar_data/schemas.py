@@ -7,7 +7,6 @@ timestamp[us, UTC]) that pyarrow.dataset, pandas, DuckDB and Hugging Face datase
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from numbers import Integral, Real
@@ -18,7 +17,9 @@ import pyarrow.parquet as pq
 
 from vstar_data.storage import DEFAULT_RETRY, Retry, read_bytes, write_bytes_atomic
 
-SCHEMA_VERSION = "1"
+# 2: samples.vsp is true only for videos conditioned on two or more synopsis states (1: VSP asked for);
+# the run index counts synopsis fallbacks and failures, and its status may be "degraded".
+SCHEMA_VERSION = "2"
 RUN_ID_KEY = b"vstar.run_id"
 TABLE_KEY = b"vstar.table"
 SCHEMA_VERSION_KEY = b"vstar.schema_version"
@@ -72,11 +73,12 @@ SAMPLES_SCHEMA = _schema(
     _required("model_preset", pa.string()),
     _optional("model_revision", pa.string()),
     _optional("tar", pa.string()),  # TAR spec string; null when TAR is off
-    _required("vsp", pa.bool_()),
+    _required("vsp", pa.bool_()),  # conditioned on >= 2 synopsis states (not a fallback, not one state)
     _optional("variant", pa.string()),  # ablation variant: baseline | tar | vsp | vstar
     _optional("video_uri", pa.string()),
     _optional("strip_uri", pa.string()),
     _optional("video_sha256", pa.string()),
+    _optional("strip_sha256", pa.string()),
     _required("status", pa.string()),  # "ok" | "failed"
     _optional("error", pa.string()),
     _optional("generate_seconds", pa.float64()),
@@ -225,10 +227,14 @@ RUNS_SCHEMA = _schema(
     _required("run_id", pa.string()),
     _required("created_at", TIMESTAMP),
     _optional("finished_at", TIMESTAMP),
-    _required("status", pa.string()),  # e.g. "running" | "ok" | "failed"
+    # "ok"; "degraded": every video made, but some synopses fell back to the plain prompt (VSP off);
+    # "partial": some videos or catalog entries failed
+    _required("status", pa.string()),
     _required("catalog", pa.string()),
     _required("num_samples", pa.int64()),
-    _required("num_failed", pa.int64()),
+    _required("num_failed", pa.int64()),  # videos that failed
+    _optional("num_synopses_fallback", pa.int64()),  # entries generated from their plain prompt (null before v2)
+    _optional("num_synopses_failed", pa.int64()),  # entries left out, on_failure="fail" (null before v2)
     _required("parameters_json", pa.string()),
     _optional("manifest_uri", pa.string()),
 )
@@ -306,15 +312,20 @@ def write_table(
     table = rows_to_table(rows, schema)
     metadata = {**(schema.metadata or {}), RUN_ID_KEY: run_id.encode("utf-8")}
     table = table.replace_schema_metadata(metadata)
-    buffer = io.BytesIO()
+    buffer = pa.BufferOutputStream()
     pq.write_table(table, buffer)
-    write_bytes_atomic(url, buffer.getvalue(), retry=retry)
+    write_bytes_atomic(url, buffer.getvalue().to_pybytes(), retry=retry)
     return table
 
 
 def read_table(url: str, *, retry: Retry = DEFAULT_RETRY) -> pa.Table:
-    """Read the Parquet file at ``url`` (metadata included)."""
-    return pq.read_table(io.BytesIO(read_bytes(url, retry=retry)))
+    """Read the Parquet file at ``url`` (metadata included).
+
+    The bytes go to Arrow as its own buffer, not as a Python file object: Arrow's I/O threads
+    would call back into Python to read one, and a call still pending when the interpreter exits
+    aborts the process ("terminate called without an active exception", exit code 134).
+    """
+    return pq.read_table(pa.BufferReader(read_bytes(url, retry=retry)))
 
 
 def table_run_id(table: pa.Table) -> str | None:

@@ -24,7 +24,7 @@ from tests.synthetic_runs import START, Clip, write_run
 from vstar_data.curate import CurationError
 from vstar_data.manifest import list_runs, verify_manifest
 from vstar_data.schemas import read_table
-from vstar_data.storage import exists, list_files, sha256
+from vstar_data.storage import exists, list_files, sha256, using_storage_options
 from vstar_data.torch_dataset import FrameSampling, IterableVideoDataset, VideoDataset, collate_clips
 from vstar_data.uris import resolve_uri
 
@@ -35,10 +35,19 @@ VSTAR = str(Path(sys.executable).with_name("vstar"))
 CATALOG = "- id: dusk\n  prompt: a street from day to night\n  synopsis: [a sunny street, a street at night]\n"
 
 
-def _produce(catalog, root, tiny_model_dir, frames: int | None = 8, steps: int | None = 1):
-    return produce_dataset(catalog=str(catalog), output_root=root, frames=frames,
+def _produce(catalog, root, tiny_model_dir, frames: int | None = 8, steps: int | None = 1, storage_options=None):
+    return produce_dataset(catalog=str(catalog), output_root=root, frames=frames, storage_options=storage_options or {},
                            model=ModelSettings(path=str(tiny_model_dir), steps=steps),
                            evaluation=EvaluationSettings(metric="pixel_cosine"))
+
+
+@pytest.fixture
+def s3_root(s3_bucket, monkeypatch):
+    """A bucket on the local S3 server and its endpoint, also in the environment (``AWS_ENDPOINT_URL_S3``)
+    for the `vstar` subprocesses, as a user with an S3-compatible store would set it."""
+    bucket, options = s3_bucket
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", options["endpoint_url"])
+    return bucket, options["endpoint_url"]
 
 
 def _assert_run_resolves(run_dir: str) -> None:
@@ -76,13 +85,16 @@ def test_a_run_written_with_a_relative_out_resolves_from_another_cwd_and_after_a
     assert item["frames"].shape == (8, 3, 64, 64) and item["captions"][0] == "a sunny street"
 
 
-def test_a_run_in_a_bucket_resolves_and_loads_with_two_workers(tmp_path, s3_bucket, s3_endpoint, tiny_model_dir):
+def test_a_run_in_a_bucket_resolves_and_loads_with_two_workers(tmp_path, s3_root, tiny_model_dir):
+    s3_bucket, s3_endpoint = s3_root
     catalog = tmp_path / "catalog.yaml"
     catalog.write_text(CATALOG + "  seeds: [0, 1]\n")
-    run_dir = _produce(catalog, f"{s3_bucket}/vstar", tiny_model_dir)
+    options = {"endpoint_url": s3_endpoint}
+    run_dir = _produce(catalog, f"{s3_bucket}/vstar", tiny_model_dir, storage_options=options)
     assert run_dir.startswith(f"{s3_bucket}/vstar/runs/")
-    _assert_run_resolves(run_dir)
-    assert verify_manifest(run_dir) == []
+    with using_storage_options(s3_bucket, options):
+        _assert_run_resolves(run_dir)
+        assert verify_manifest(run_dir) == []
     clips = VideoDataset(run_dir, FrameSampling(num_frames=4, stride=2, random_offset=True),
                          storage_options={"endpoint_url": s3_endpoint})
     batches = list(DataLoader(clips, batch_size=2, num_workers=2, collate_fn=collate_clips))
@@ -130,8 +142,9 @@ def _vstar(*args, env=None):
 
 @pytest.mark.slow
 def test_curate_two_demo_runs_export_both_formats_and_train_from_shards_and_a_bucket(
-    tmp_path, tiny_model_dir, s3_bucket, s3_endpoint
+    tmp_path, tiny_model_dir, s3_root
 ):
+    s3_bucket, s3_endpoint = s3_root
     root = str(tmp_path / "outputs")
     demo = REPO / "catalogs" / "demo.yaml"
     # The demo's own settings (16 frames, the preset's steps): one step would make near-identical noise.

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 
 import pytest
@@ -20,25 +21,38 @@ def _deploy(env, project):
     prefect_cli(env, "--no-prompt", "deploy", "--all", cwd=project)
 
 
-def _run_once(env, project, pool):
+def _elsewhere(tmp_path):
+    """A folder that is no checkout: workers start there and find the code through VSTAR_CHECKOUT."""
+    folder = tmp_path / "elsewhere"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def _run_once(env, checkout, pool, cwd):
     worker = subprocess.run([PREFECT, "worker", "start", "--pool", pool, "--run-once"],
-                            env=env, cwd=project, capture_output=True, text=True, timeout=400)
+                            env={**env, "VSTAR_CHECKOUT": str(checkout)}, cwd=cwd, capture_output=True, text=True,
+                            timeout=900)
     assert worker.returncode == 0, worker.stdout + worker.stderr
     return worker
 
 
-def test_deployment_run_with_parameters_through_a_process_worker(prefect_server, project, tmp_path, tiny_model_dir):
+def test_a_worker_elsewhere_runs_the_checkout_its_environment_names(prefect_server, project, tmp_path, tiny_model_dir):
     env = prefect_server
     out = tmp_path / "out"
     _deploy(env, project)
+    # The pull step is recorded as written, to be read on the worker's machine...
+    recorded = prefect_cli(env, "deployment", "inspect", "produce-dataset/demo", cwd=project)
+    assert "{{ $VSTAR_CHECKOUT }}" in recorded and str(project) not in recorded
+    # ...so the deploying checkout may be gone: this worker's checkout lives somewhere else.
+    checkout = shutil.move(project, tmp_path / "gpu-machine-checkout")
     prefect_cli(
         env, "deployment", "run", "produce-dataset/demo",
         "--param", f"output_root={out}",
         "--param", "tar=64D4",
         "--param", f'model={{"path": "{tiny_model_dir}", "steps": 2}}',
-        cwd=project,
+        cwd=checkout,
     )
-    worker = _run_once(env, project, "vstar-cpu")
+    worker = _run_once(env, checkout, "vstar-cpu", cwd=_elsewhere(tmp_path))
     runs = list_runs(str(out)).to_pylist()
     assert len(runs) == 1 and runs[0]["status"] == "ok", (worker.stdout + worker.stderr)[-4000:]
     run_dir = runs[0]["manifest_uri"].rsplit("/", 1)[0]
@@ -55,7 +69,8 @@ def test_generation_sharded_over_two_gpu_pool_workers(prefect_server, project, t
     _deploy(env, project)
     logs = [tmp_path / f"gpu-worker-{i}.log" for i in range(2)]
     gpu_workers = [
-        subprocess.Popen([PREFECT, "worker", "start", "--pool", "vstar-gpu", "--limit", "1"], env=env, cwd=project,
+        subprocess.Popen([PREFECT, "worker", "start", "--pool", "vstar-gpu", "--limit", "1"],
+                         env={**env, "VSTAR_CHECKOUT": str(project)}, cwd=_elsewhere(tmp_path),
                          stdout=log.open("w"), stderr=subprocess.STDOUT)
         for log in logs
     ]
@@ -69,7 +84,7 @@ def test_generation_sharded_over_two_gpu_pool_workers(prefect_server, project, t
             "--param", f'model={{"path": "{tiny_model_dir}", "steps": 2}}',
             cwd=project,
         )
-        worker = _run_once(env, project, "vstar-cpu")
+        worker = _run_once(env, project, "vstar-cpu", cwd=_elsewhere(tmp_path))
     finally:
         for process in gpu_workers:
             stop_process(process)

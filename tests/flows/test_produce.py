@@ -123,10 +123,24 @@ def test_local_run_is_readable_by_dataset_readers_and_resumes_without_regenerati
     def must_not_generate(*args, **kwargs):
         raise AssertionError("an unchanged catalog must reuse every finished video")
 
+    from vstar_data import manifest
+
+    def hash_no_video(url, **kwargs):
+        assert "/videos/" not in url, f"the manifest re-read {url} instead of taking its recorded hash"
+        return real_sha256(url, **kwargs)
+
+    real_sha256 = manifest.sha256
     monkeypatch.setattr("tasks.generate.generate_video", must_not_generate)
     monkeypatch.setattr("vstar_model.video.reader.read_video_frames", must_not_generate)  # nor re-score one
+    monkeypatch.setattr(manifest, "sha256", hash_no_video)
     second = _run(catalog, root, tiny_model_dir)
+    monkeypatch.setattr(manifest, "sha256", real_sha256)
     assert second != first
+    # The resumed run's videos are the cached files themselves (hard links), not copies of their bytes.
+    import os
+
+    for video in (tmp_path / "out" / "runs" / second.rsplit("/", 1)[-1] / "videos").iterdir():
+        assert os.stat(video).st_nlink >= 3, video  # cache, first run, second run
     hashes = [
         {(r["catalog_id"], r["seed"]): r["video_sha256"] for r in read_table(f"{run}/samples.parquet").to_pylist()}
         for run in (first, second)
@@ -187,3 +201,36 @@ def test_ablation_variants_share_seeds_and_differ_only_in_vsp_and_tar(catalog, t
     assert day["vstar"]["video_uri"].endswith("day-to-night__s3.mp4")
     assert day["baseline"]["video_uri"].endswith("day-to-night__s3__baseline.mp4")
     assert len(rows) == 3 * 4 and verify_manifest(run_dir) == []
+
+
+def test_the_summary_artifact_is_keyed_shows_the_frame_strips_bounded_and_warns_in_the_run_log(
+    catalog, tiny_model_dir, tmp_path, monkeypatch, caplog
+):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from tasks import outputs
+
+    monkeypatch.setattr(outputs, "STRIPS_EMBEDDED", 2)
+    empty_cache = tmp_path / "no-dreamsim-weights"
+    empty_cache.mkdir()
+    run_dir = _run(catalog, "memory://vstar-summary", tiny_model_dir, evaluation=EvaluationSettings(
+        metric="dreamsim_open_clip_vitb32", fallback="pixel_cosine", cache_dir=str(empty_cache)))
+    run_id = run_dir.rsplit("/", 1)[-1]
+
+    with get_client(sync_client=True) as client:
+        [summary] = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"vstar-run-{run_id.lower()}-summary"])))
+    strips = summary.data.split("## Videos", 1)[1]
+    assert strips.count("data:image/png;base64,") - 3 == 2  # two strips inline, then the three plots
+    listed = [line for line in strips.splitlines() if line.startswith("- ")]
+    assert "1 more (strips not embedded)" in strips and len(listed) == 1 and listed[0].endswith(".png`")
+    # The metric fallback reached the flow run's own logger (what the UI shows), not only the terminal.
+    assert any(r.name.startswith("prefect.flow_runs") and "fallback metric 'pixel_cosine'" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_credentials_cannot_be_storage_options_of_a_run():
+    with pytest.raises(ValueError, match="environment"):
+        ProduceParameters(catalog="c.yaml", storage_options={"secret": "abc"})
+    assert ProduceParameters(catalog="c.yaml", storage_options={"endpoint_url": "http://127.0.0.1:9000"})

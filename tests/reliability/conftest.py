@@ -42,7 +42,7 @@ def cli_env(tmp_path) -> dict[str, str]:
     return {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 
 
-def vstar(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+def vstar(*args: str, env: dict[str, str], timeout: float = 900) -> subprocess.CompletedProcess:
     """Run the ``vstar`` command to completion; output captured as text."""
     return subprocess.run(
         [str(VSTAR), *args], env=env, capture_output=True, text=True, timeout=timeout, check=False

@@ -33,7 +33,7 @@ def test_two_simultaneous_runs_into_one_root_both_complete_intact(tiny_model_dir
     # whatever the scheduling (a timeout here means the runs were serialised).
     from tasks import generate
 
-    real, meeting, seen, lock = generate.produce_sample, threading.Barrier(2, timeout=120), set(), threading.Lock()
+    real, meeting, seen, lock = generate.produce_sample, threading.Barrier(2, timeout=600), set(), threading.Lock()
 
     def meet_then_produce(job, run, *args, **kwargs):
         with lock:

@@ -9,12 +9,18 @@ from tasks.jobs import submit_in_window
 
 def test_at_most_window_runs_in_flight_and_results_in_item_order(prefect_harness):
     lock, running, peak = threading.Lock(), [0], [0]
+    # With a window of 2 the first two items meet before going on: two are in flight at once
+    # however the threads are scheduled (and a window that let only one run would time out here).
+    meeting = {2: threading.Barrier(2, timeout=300)}
+    window_of_this_run = [2]
 
     @task
     def work(item: int, offset: int) -> int:
         with lock:
             running[0] += 1
             peak[0] = max(peak[0], running[0])
+        if item < 2 and window_of_this_run[0] in meeting:
+            meeting[window_of_this_run[0]].wait()
         time.sleep(0.05 * (item % 3))  # finish out of order
         with lock:
             running[0] -= 1
@@ -26,7 +32,7 @@ def test_at_most_window_runs_in_flight_and_results_in_item_order(prefect_harness
 
     assert windowed(2) == [100 + i for i in range(8)]
     assert peak[0] == 2
-    peak[0] = 0
+    peak[0], window_of_this_run[0] = 0, 1
     assert windowed(1) == [100 + i for i in range(8)]
     assert peak[0] == 1
 
@@ -34,3 +40,27 @@ def test_at_most_window_runs_in_flight_and_results_in_item_order(prefect_harness
 def test_window_must_be_positive():
     with pytest.raises(ValueError, match="0"):
         submit_in_window(None, [1], 0)
+
+
+def test_vsp_is_true_only_for_videos_conditioned_on_two_or_more_states():
+    from flows.produce import ProduceParameters
+    from tasks.jobs import plan_jobs
+    from vstar_data.catalog import CatalogEntry
+
+    entries = [
+        CatalogEntry(id="moves", prompt="ice melting", synopsis=["an ice cube", "a puddle"]),
+        CatalogEntry(id="one-state", prompt="a still lake", synopsis=["a still lake at noon"]),
+        CatalogEntry(id="fell-back", prompt="a tree in autumn"),
+    ]
+    synopses = [
+        {"catalog_id": "moves", "states": ["an ice cube", "a puddle"], "source": "catalog"},
+        {"catalog_id": "one-state", "states": ["a still lake at noon"], "source": "catalog"},
+        {"catalog_id": "fell-back", "states": ["a tree in autumn"], "source": "fallback"},
+    ]
+    parameters = ProduceParameters(catalog="c.yaml", variants=["vstar", "vsp", "baseline"])
+    jobs = plan_jobs(entries, synopses, parameters)
+    assert {(job.entry_id, job.variant): job.vsp for job in jobs} == {
+        ("moves", "vstar"): True, ("moves", "vsp"): True, ("moves", "baseline"): False,
+        ("one-state", "vstar"): False, ("one-state", "vsp"): False, ("one-state", "baseline"): False,
+        ("fell-back", "vstar"): False, ("fell-back", "vsp"): False, ("fell-back", "baseline"): False,
+    }

@@ -18,6 +18,7 @@ from vstar_data.manifest import (
     code_version,
     list_runs,
     read_manifest,
+    run_status,
     verify_manifest,
     write_manifest,
 )
@@ -100,7 +101,7 @@ def test_written_manifest_reads_back_and_verifies(output_root):
 
 def test_verify_reports_missing_changed_and_unlisted_files(tmp_path):
     paths = RunPaths(str(tmp_path), new_run_id(START))
-    fill_run(paths)
+    files = fill_run(paths)
     write_manifest(
         paths.run_dir,
         build_manifest(paths.run_dir, paths.run_id, parameters={}, row_counts={}, created_at=START),
@@ -110,10 +111,13 @@ def test_verify_reports_missing_changed_and_unlisted_files(tmp_path):
     (run_dir / "videos" / "a__s0.png").write_bytes(b"strip A")  # same size, other content
     (run_dir / "videos" / "b__s0.mp4").write_bytes(b"late")
     (run_dir / "videos" / f"{TEMP_PREFIX}c__s0.mp4.1a2b3c4d").write_bytes(b"half")
+    (run_dir / "metrics.parquet").write_bytes(b"cut")
+    strip_sha = hashlib.sha256(b"strip a").hexdigest()
     assert verify_manifest(paths.run_dir) == [
         "missing: plots/dynamics.png",
         "not in manifest: videos/b__s0.mp4",
-        "changed: videos/a__s0.png",
+        f"changed: metrics.parquet (3 bytes, the manifest says {len(files['metrics.parquet'])})",
+        f"changed: videos/a__s0.png (sha256 {hashlib.sha256(b'strip A').hexdigest()}, the manifest says {strip_sha})",
     ]
 
 
@@ -228,6 +232,34 @@ def test_run_index_is_one_dataset_for_every_reader(tmp_path):
         f"SELECT run_id FROM read_parquet('{index}/*.parquet') ORDER BY run_id"
     ).fetchall()
     assert [run_id for (run_id,) in fetched] == sorted(ids)
+
+
+@pytest.mark.parametrize(
+    "failures, status",
+    [
+        ({"synopses_fallback": 0, "synopses_failed": 0, "samples_failed": 0}, "ok"),
+        ({"synopses_fallback": 3, "synopses_failed": 0, "samples_failed": 0}, "degraded"),
+        ({"synopses_fallback": 3, "synopses_failed": 0, "samples_failed": 1}, "partial"),
+        ({"synopses_fallback": 0, "synopses_failed": 1, "samples_failed": 0}, "partial"),
+    ],
+)
+def test_run_status_says_degraded_for_fallbacks_and_partial_for_failures(failures, status):
+    assert run_status(failures) == status
+
+
+def test_index_entries_written_before_the_counts_existed_still_list(tmp_path):
+    import pyarrow as pa
+
+    old_schema = pa.schema([f for f in RUNS_SCHEMA if not f.name.startswith("num_synopses_")])
+    old_id, new_id = new_run_id(START), new_run_id(START + timedelta(hours=1))
+    old_row = {k: v for k, v in index_row(old_id).items() if not k.startswith("num_synopses_")}
+    write_table(RunPaths(str(tmp_path), old_id).index_entry, [old_row], old_schema, run_id=old_id)
+    append_run_index(str(tmp_path), index_row(new_id, "degraded", num_synopses_fallback=2, num_synopses_failed=0))
+    runs = list_runs(str(tmp_path))
+    assert runs.schema.equals(RUNS_SCHEMA)
+    assert [(r["run_id"], r["status"], r["num_synopses_fallback"]) for r in runs.to_pylist()] == [
+        (old_id, "ok", None), (new_id, "degraded", 2),
+    ]
 
 
 def test_list_runs_of_an_empty_root(memory_root):

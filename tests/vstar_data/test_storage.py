@@ -214,3 +214,169 @@ def test_retry_rejects_bad_settings():
         Retry(attempts=0)
     with pytest.raises(ValueError, match="delays"):
         Retry(base_delay=-1)
+
+
+# -- object-store faults, recognised without importing the clients --------------------------------
+
+
+def _client_error(code: str, status: int):
+    from botocore.exceptions import ClientError
+
+    return ClientError({"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}},
+                       "PutObject")
+
+
+def _raised_from(error: BaseException, cause: BaseException) -> BaseException:
+    error.__cause__ = cause  # how s3fs turns a ClientError into an OSError
+    return error
+
+
+class HttpError(Exception):
+    """Shaped like gcsfs.retry.HttpError: the HTTP status in ``code``."""
+
+    def __init__(self, code: int):
+        super().__init__(f"HTTP {code}")
+        self.code = code
+
+
+def _object_store_faults():
+    from aiohttp import ServerDisconnectedError
+    from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
+
+    return [
+        ("endpoint-down", EndpointConnectionError(endpoint_url="http://127.0.0.1:1"), True),
+        ("connect-timeout", ConnectTimeoutError(endpoint_url="http://127.0.0.1:1"), True),
+        ("read-timeout", ReadTimeoutError(endpoint_url="http://127.0.0.1:1"), True),
+        ("disconnected", ServerDisconnectedError(), True),
+        ("slow-down", _client_error("SlowDown", 503), True),
+        ("throttled", _client_error("ThrottlingException", 400), True),
+        ("internal-error", _client_error("InternalError", 500), True),
+        ("s3fs-eio-from-503", _raised_from(OSError(errno.EIO, "x"), _client_error("ServiceUnavailable", 503)), True),
+        ("gcs-503", HttpError(503), True),
+        ("gcs-429", HttpError(429), True),
+        ("access-denied", _client_error("AccessDenied", 403), False),
+        ("no-such-bucket", _client_error("NoSuchBucket", 404), False),
+        ("s3fs-permission", _raised_from(PermissionError("denied"), _client_error("AccessDenied", 403)), False),
+        ("s3fs-eio-from-400", _raised_from(OSError(errno.EIO, "x"), _client_error("InvalidArgument", 400)), False),
+        ("gcs-404", HttpError(404), False),
+    ]
+
+
+@pytest.mark.parametrize("name, error, transient", _object_store_faults(), ids=[f[0] for f in _object_store_faults()])
+def test_object_store_faults_are_transient_or_permanent_by_class_and_status(name, error, transient):
+    assert is_transient(error) is transient
+
+
+def test_an_endpoint_outage_is_retried_and_a_denial_is_not(flaky, sleep):
+    from botocore.exceptions import EndpointConnectionError
+
+    flaky.faults = [EndpointConnectionError(endpoint_url="http://127.0.0.1:1")] * 2
+    write_bytes_atomic("flaky://bucket/d.bin", b"x", retry=Retry(attempts=3, sleep=sleep))
+    assert flaky.calls == 3 and len(sleep.delays) == 2
+    flaky.faults = [_client_error("AccessDenied", 403)]
+    with pytest.raises(StorageError, match="ClientError"):
+        write_bytes_atomic("flaky://bucket/d.bin", b"x", retry=Retry(attempts=3, sleep=sleep))
+    assert flaky.calls == 4 and len(sleep.delays) == 2
+
+
+def test_the_storage_module_imports_no_object_store_client():
+    import subprocess
+    import sys
+
+    code = "import sys, vstar_data.storage; print(sorted(m for m in ('botocore', 'aiohttp', 's3fs', 'gcsfs') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+# -- copies that keep bytes where they are --------------------------------------------------------
+
+
+def test_a_local_copy_is_a_hard_link_that_keeps_its_content_when_the_source_is_replaced(tmp_path):
+    source, target = tmp_path / "cache" / "v.mp4", tmp_path / "run" / "videos" / "v.mp4"
+    write_bytes_atomic(str(source), b"first video")
+    storage.copy_file(str(source), str(target))
+    assert target.read_bytes() == b"first video"
+    assert os.stat(target).st_ino == os.stat(source).st_ino  # no bytes were read or written
+    write_bytes_atomic(str(source), b"replaced")
+    assert target.read_bytes() == b"first video"
+    assert [p.name for p in target.parent.iterdir()] == ["v.mp4"]
+
+
+def test_a_local_copy_falls_back_to_copying_where_links_fail(tmp_path, monkeypatch):
+    def no_links(*args):
+        raise OSError(errno.EXDEV, "cross-device link")
+
+    monkeypatch.setattr(storage.os, "link", no_links)
+    source, target = tmp_path / "a.bin", tmp_path / "b" / "a.bin"
+    source.write_bytes(b"payload")
+    storage.copy_file(str(source), str(target))
+    assert target.read_bytes() == b"payload" and os.stat(target).st_ino != os.stat(source).st_ino
+
+
+def test_a_copy_on_one_store_asks_the_store_to_copy(memory_root, monkeypatch):
+    write_bytes_atomic(join(memory_root, "cache/v.mp4"), b"video")
+    copies = []
+    real_copy = MemoryFileSystem.copy
+    monkeypatch.setattr(MemoryFileSystem, "copy", lambda self, a, b, **kw: copies.append((a, b)) or real_copy(self, a, b, **kw))
+    monkeypatch.setattr(MemoryFileSystem, "cat_file", lambda *a, **kw: pytest.fail("the bytes were read"))
+    storage.copy_file(join(memory_root, "cache/v.mp4"), join(memory_root, "run/v.mp4"))
+    monkeypatch.undo()
+    assert len(copies) == 1 and read_bytes(join(memory_root, "run/v.mp4")) == b"video"
+
+
+def test_a_copy_of_a_missing_file_fails_naming_it(tmp_path, sleep):
+    with pytest.raises(StorageError, match="missing.mp4.*FileNotFoundError"):
+        storage.copy_file(str(tmp_path / "missing.mp4"), str(tmp_path / "out.mp4"), retry=Retry(sleep=sleep))
+    assert sleep.delays == [] and not (tmp_path / "out.mp4").exists()
+
+
+# -- the output root check and storage options ----------------------------------------------------
+
+
+def test_check_writable_leaves_nothing_and_names_an_unusable_root(tmp_path, memory_root, sleep):
+    storage.check_writable(str(tmp_path / "new-root"))
+    storage.check_writable(memory_root)
+    assert list((tmp_path / "new-root").iterdir()) == [] and list_files(memory_root) == {}
+    (tmp_path / "a-file").write_text("not a directory")
+    with pytest.raises(StorageError, match="a-file"):
+        storage.check_writable(str(tmp_path / "a-file"), retry=Retry(sleep=sleep))
+
+
+class OptionsFileSystem(MemoryFileSystem):
+    protocol = "withoptions"
+
+    def __init__(self, endpoint_url=None, **kwargs):
+        super().__init__(**kwargs)
+        self.endpoint_url = endpoint_url
+
+
+def test_storage_options_reach_filesystems_of_the_roots_protocol_only_inside_the_block():
+    fsspec.register_implementation("withoptions", OptionsFileSystem, clobber=True)
+    with storage.using_storage_options("withoptions://bucket/out", {"endpoint_url": "http://127.0.0.1:9"}):
+        fs, _ = storage.filesystem("withoptions://bucket/out/runs/x")
+        assert fs.endpoint_url == "http://127.0.0.1:9"
+        assert storage.storage_options_for("memory://elsewhere") == {}
+    fs, _ = storage.filesystem("withoptions://bucket/out/runs/x")
+    assert fs.endpoint_url is None
+
+
+@pytest.mark.parametrize("name", ["key", "secret", "token", "aws_secret_access_key", "password"])
+def test_credentials_are_refused_as_storage_options(name):
+    with pytest.raises(ValueError, match="environment"):
+        storage.check_storage_options({name: "value"})
+
+
+def test_storage_options_parse_json_values_and_keep_other_text():
+    assert storage.parse_storage_option("use_ssl=false") == ("use_ssl", False)
+    assert storage.parse_storage_option('client_kwargs={"region_name": "eu-west-1"}') == (
+        "client_kwargs", {"region_name": "eu-west-1"})
+    assert storage.parse_storage_option("endpoint_url=http://127.0.0.1:9000") == (
+        "endpoint_url", "http://127.0.0.1:9000")
+    assert storage.check_storage_options({"token": "anon"}) == {"token": "anon"}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        storage.parse_storage_option("no-equals-sign")
+
+
+def test_the_default_retries_outlast_an_endpoint_outage_of_several_seconds():
+    waits = [storage.DEFAULT_RETRY.delay(i) for i in range(storage.DEFAULT_RETRY.attempts - 1)]
+    assert sum(waits) > 8  # an 8 s outage was seen; our waits alone span it (the clients add their own)

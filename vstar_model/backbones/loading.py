@@ -139,7 +139,8 @@ def _not_found(preset: BackbonePreset, tried: list[str]) -> BackboneNotFound:
     return BackboneNotFound(
         f"weights for model preset {preset.name!r} not found. Tried: {'; '.join(tried)}. "
         f"Pre-download on a machine with network access ({howto}) and copy the hub cache here "
-        f"(HF_HOME), or pass the local directory with --model-path."
+        f"(HF_HOME), or pass the local directory: --model-path on the command line, the parameter "
+        f"model.path of a deployment (--param 'model={{\"path\": \"/models/...\"}}')."
     )
 
 

@@ -70,14 +70,17 @@ def _read_video_file(fs: fsspec.AbstractFileSystem, path: str, num_frames: int |
     return frames
 
 
-def read_video_frames(path_or_url: str | os.PathLike, num_frames: int | None = None) -> torch.Tensor:
+def read_video_frames(
+    path_or_url: str | os.PathLike, num_frames: int | None = None, *, storage_options: dict | None = None
+) -> torch.Tensor:
     """All frames of a clip, or ``num_frames`` of them spread evenly: uint8 [N, H, W, 3].
 
     ``path_or_url`` is a video file PyAV can decode (mp4, gif, webm, ...) or a folder of images,
     ordered by file name with numbers compared as numbers. A clip shorter than ``num_frames`` is an
-    error: repeating frames would fake temporal similarity.
+    error: repeating frames would fake temporal similarity. ``storage_options`` go to fsspec
+    (an S3-compatible endpoint, ...).
     """
-    fs, path = fsspec.core.url_to_fs(str(path_or_url))
+    fs, path = fsspec.core.url_to_fs(str(path_or_url), **(storage_options or {}))
     if not fs.exists(path):
         raise FileNotFoundError(f"no such video or frame folder: {path_or_url}")
     frames = _read_image_folder(fs, path, num_frames) if fs.isdir(path) else _read_video_file(fs, path, num_frames)
@@ -150,12 +153,12 @@ def _output_size(height: int, width: int, size: int | tuple[int, int] | None) ->
 VIDEO_SUFFIXES = (".mp4", ".gif", ".webm", ".mov", ".mkv", ".avi")
 
 
-def list_clips(url: str | os.PathLike) -> list[str]:
+def list_clips(url: str | os.PathLike, *, storage_options: dict | None = None) -> list[str]:
     """The clips directly under a folder or bucket prefix: video files and folders of frames.
 
     Returns fsspec URLs (with the protocol of ``url``) in natural name order.
     """
-    fs, root = fsspec.core.url_to_fs(str(url))
+    fs, root = fsspec.core.url_to_fs(str(url), **(storage_options or {}))
     if not fs.isdir(root):
         raise FileNotFoundError(f"no such folder of clips: {url}")
     clips = []

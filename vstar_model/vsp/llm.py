@@ -3,8 +3,11 @@
 Any litellm model string works: ``gpt-4o-mini``, ``anthropic/...``, ``gemini/...``,
 ``ollama/...``, or ``openai/<name>`` with ``api_base`` pointing at any OpenAI-compatible server
 (vLLM, llama.cpp, LM Studio). Retries are ours, not litellm's or the OpenAI SDK's: exponential
-backoff with jitter (honouring ``Retry-After``) on timeouts, 429, 5xx, connection errors and
-unusable answers; authentication and other request errors fail at once.
+backoff with jitter (honouring ``Retry-After``) on timeouts, 429, 5xx and connection errors; an
+answer that is unusable by its content (a refusal, no states, too many, a state too long, prose
+instead of JSON) is asked again once, saying what was wrong, and then fails; authentication and
+other request errors, and answers that quote a secret, fail at once. Calls sharing a
+``max_concurrency`` share one process-wide bound on the calls in flight.
 
 API keys come from the environment (litellm's own variables such as ``OPENAI_API_KEY``, or the
 variable named by ``api_key_env``). Every error message, log line and stored answer goes through
@@ -14,10 +17,13 @@ never surface in a traceback, a log or an artifact.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import os
 import random
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,13 +41,29 @@ from vstar_model.vsp.synopsis import (
 
 logger = logging.getLogger(__name__)
 
-# Everything else (timeouts, rate limits, server and connection errors, bad answers) is retried.
-NON_RETRYABLE_KINDS = frozenset({"auth", "bad_request", "error"})
+# Failures that a second call cannot mend: the answer quoting a secret is one of them (asking
+# again would invite it again).
+NON_RETRYABLE_KINDS = frozenset({"auth", "bad_request", "error", "secret_echo"})
+# Answers wrong by their content: asked again at most CONTENT_REASKS times, without backoff (the
+# server answered; it is not overloaded). Everything else (timeouts, rate limits, server and
+# connection errors) is retried up to max_retries times with backoff.
+CONTENT_KINDS = frozenset(
+    {"empty", "refusal", "malformed", "no_states", "too_many_states", "not_one_sentence", "state_too_long"}
+)
+CONTENT_REASKS = 1
 
-_SECRET_ENV_SUFFIXES = ("_API_KEY", "_TOKEN", "_SECRET", "_SECRET_KEY", "_SECRET_ACCESS_KEY")
+# Environment variables whose values are secrets: a name with one of these words between
+# underscores (OPENAI_API_KEY, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AZURE_AD_TOKEN,
+# WATSONX_APIKEY, PREFECT_API_AUTH_STRING...), covering what litellm's providers read.
+_SECRET_NAME_WORDS = frozenset(
+    {"KEY", "APIKEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "CREDENTIALS", "JWT", "AUTH"}
+)
 _MIN_SECRET_CHARS = (
     8  # shorter env values ("1", "true") are settings, and replacing them would garble text
 )
+# A run of this many characters of a secret counts as the secret (an echo without its "sk-"
+# prefix, a key split across two lines); shorter secrets count only whole.
+_MIN_SECRET_PIECE = 10
 _SECRET_PATTERNS = (
     re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}"),  # OpenAI, Anthropic, OpenRouter... keys
     re.compile(r"\bAIza[0-9A-Za-z_\-]{20,}"),  # Google keys
@@ -63,24 +85,63 @@ _RESERVED_OPTIONS = frozenset(
 )
 
 
-def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
-    """``text`` with API keys replaced by ``[REDACTED]``.
-
-    Removes the values of environment variables whose names end in ``_API_KEY``, ``_TOKEN`` or
-    ``_SECRET`` (and similar), the given ``secrets``, and anything shaped like a key
-    (``sk-...``, ``AIza...``, ``Bearer ...``).
-    """
+def secret_values(secrets: Iterable[str | None] = ()) -> set[str]:
+    """The values of every secret environment variable (see ``_SECRET_NAME_WORDS``) and ``secrets``."""
     values = {
         value
         for name, value in os.environ.items()
-        if name.upper().endswith(_SECRET_ENV_SUFFIXES) and len(value) >= _MIN_SECRET_CHARS
+        if _SECRET_NAME_WORDS & set(name.upper().split("_")) and len(value) >= _MIN_SECRET_CHARS
     }
     values.update(s for s in secrets if s)
-    for value in sorted(values, key=len, reverse=True):  # longest first: a key may contain another
-        text = text.replace(value, _REDACTED)
+    return values
+
+
+def _secret_spans(text: str, secret: str) -> list[tuple[int, int]]:
+    """Where ``text`` holds ``secret`` or a run of ``_MIN_SECRET_PIECE`` of its characters."""
+    if len(secret) <= _MIN_SECRET_PIECE:
+        return [(m.start(), m.end()) for m in re.finditer(re.escape(secret), text)]
+    pieces = {secret[i : i + _MIN_SECRET_PIECE] for i in range(len(secret) - _MIN_SECRET_PIECE + 1)}
+    return [
+        (i, i + _MIN_SECRET_PIECE)
+        for i in range(len(text) - _MIN_SECRET_PIECE + 1)
+        if text[i : i + _MIN_SECRET_PIECE] in pieces
+    ]
+
+
+def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
+    """``text`` with secrets replaced by ``[REDACTED]``.
+
+    Removes the values of secret environment variables (names with ``KEY``, ``TOKEN``,
+    ``SECRET``, ``PASSWORD``, ``CREDENTIALS``... between underscores) and the given ``secrets``,
+    wherever ``text`` holds one whole or a run of 10 or more of its characters, and anything
+    shaped like a key (``sk-...``, ``AIza...``, ``Bearer ...``).
+    """
     for pattern in _SECRET_PATTERNS:
         text = pattern.sub(_REDACTED, text)
+    spans = sorted(span for value in secret_values(secrets) for span in _secret_spans(text, value))
+    if spans:
+        merged = [list(spans[0])]
+        for start, end in spans[1:]:
+            if start <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], end)
+            else:
+                merged.append([start, end])
+        for start, end in reversed(merged):
+            text = text[:start] + _REDACTED + text[end:]
     return text
+
+
+_slots_lock = threading.Lock()
+_slots: dict[int, threading.BoundedSemaphore] = {}
+
+
+def call_slots(limit: int) -> threading.BoundedSemaphore:
+    """The process-wide bound of ``limit`` LLM calls in flight, shared by every call (any thread,
+    any flow run) made with the same limit."""
+    if limit < 1:
+        raise ValueError(f"max_concurrency must be >= 1, got {limit}")
+    with _slots_lock:
+        return _slots.setdefault(limit, threading.BoundedSemaphore(limit))
 
 
 def synopsize(
@@ -95,6 +156,7 @@ def synopsize(
     max_retries: int = 4,
     backoff_s: float = 1.0,
     max_backoff_s: float = 30.0,
+    max_concurrency: int | None = None,
     completion_options: Mapping[str, Any] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Synopsis:
@@ -109,17 +171,24 @@ def synopsize(
         api_key_env: name of the environment variable holding the key, when it is not one that
             litellm reads by itself.
         timeout: seconds per attempt.
-        max_retries: retries after the first attempt (so up to ``max_retries + 1`` calls).
+        max_retries: retries after a network or server fault (so up to ``max_retries + 1`` calls,
+            plus ``CONTENT_REASKS`` for unusable answers).
         backoff_s, max_backoff_s: the wait before retry ``i`` is ``backoff_s * 2**i`` capped at
             ``max_backoff_s``, times a random factor in [0.5, 1], or the server's ``Retry-After``
             when longer (still capped).
+        max_concurrency: at most this many calls in flight in this process, over every
+            ``synopsize`` with the same value (:func:`call_slots`); a call holds its slot only
+            while it waits for the server, not while it backs off.
         completion_options: further ``litellm.completion`` arguments (``temperature``,
             ``extra_headers``, ``mock_response``...).
         sleep: how to wait between attempts (tests pass a recorder).
 
+    Returns:
+        The synopsis, its ``latency_seconds`` the duration of the call that gave it.
+
     Raises:
         SynopsisError: with ``kind`` and a reason free of keys, once retries are spent or at once
-            for a non-retryable failure.
+            for a non-retryable failure; its ``latency_seconds`` is the time spent in calls.
         ValueError: for invalid arguments, before any call.
     """
     messages = build_messages(prompt, max_states=max_states)
@@ -135,6 +204,7 @@ def synopsize(
         )
     api_key = _key_from_env(api_key_env) if api_key_env else None
     secrets = (api_key,)
+    slots = call_slots(max_concurrency) if max_concurrency is not None else contextlib.nullcontext()
 
     litellm = _import_litellm()
     request: dict[str, Any] = dict(
@@ -153,11 +223,19 @@ def synopsize(
     if (response_format := _response_format(litellm, model)) is not None:
         request["response_format"] = response_format
 
-    attempt = 0
+    retries = reasks = 0
+    in_calls = 0.0
     while True:
+        response = None
         try:
-            response = litellm.completion(**request)
-            return _synopsis_from_response(
+            with slots:
+                started = time.perf_counter()
+                try:
+                    response = litellm.completion(**request)
+                finally:
+                    latency = time.perf_counter() - started
+                    in_calls += latency
+            synopsis = _synopsis_from_response(
                 response,
                 prompt=prompt,
                 model=model,
@@ -165,20 +243,34 @@ def synopsize(
                 num_frames=num_frames,
                 secrets=secrets,
             )
+            return dataclasses.replace(synopsis, latency_seconds=latency)
         except Exception as exc:  # every failure is classified, redacted and re-raised
             error = exc if isinstance(exc, SynopsisError) else _call_error(litellm, exc)
             reason = redact(str(error), secrets)
-            calls = attempt + 1
-            if error.kind in NON_RETRYABLE_KINDS or attempt == max_retries:
+            calls = retries + reasks + 1
+            content = error.kind in CONTENT_KINDS
+            if (
+                error.kind in NON_RETRYABLE_KINDS
+                or (content and reasks == CONTENT_REASKS)
+                or (not content and retries == max_retries)
+            ):
                 message = (
                     f"no synopsis for {excerpt(prompt)} after {calls} call(s), "
                     f"{error.kind}: {reason}"
                 )
-                raise SynopsisError(error.kind, redact(message, secrets)) from None
-            wait = _backoff_s(attempt, backoff_s, max_backoff_s, _retry_after_s(exc))
+                failure = SynopsisError(error.kind, redact(message, secrets))
+                failure.latency_seconds = in_calls
+                raise failure from None
+            if content:  # ask again at once, saying what was wrong with the answer
+                request["messages"] = [*messages, *_reask_messages(prompt, response, reason, secrets)]
+                logger.warning("synopsis answer for %s unusable (%s): %s; asking once more",
+                               redact(excerpt(prompt), secrets), error.kind, reason)
+                reasks += 1
+                continue
+            wait = _backoff_s(retries, backoff_s, max_backoff_s, _retry_after_s(exc))
             logger.warning(
                 "synopsis call %d/%d for %s failed (%s): %s; retrying in %.2f s",
-                calls,
+                retries + 1,
                 max_retries + 1,
                 redact(excerpt(prompt), secrets),
                 error.kind,
@@ -186,7 +278,24 @@ def synopsize(
                 wait,
             )
             sleep(wait)
-            attempt += 1
+            retries += 1
+
+
+def _reask_messages(
+    prompt: str, response: Any, reason: str, secrets: Iterable[str | None]
+) -> list[dict[str, str]]:
+    """The unusable answer and why it was unusable, appended to the conversation for one more try
+    (restating the prompt, so the request still names what it is about)."""
+    try:
+        answer = response.choices[0].message.content or ""
+    except (AttributeError, IndexError):
+        answer = ""
+    return [
+        {"role": "assistant", "content": redact(answer, secrets)},
+        {"role": "user", "content": f"That answer cannot be used: {reason}. Answer again for the prompt "
+                                    f'"{prompt}", following the instructions: only the JSON object '
+                                    '{"states": [...]}.'},
+    ]
 
 
 def synopsize_many(
@@ -207,6 +316,8 @@ def synopsize_many(
             )
     if not prompts:
         return []
+
+    synopsize_kwargs.setdefault("max_concurrency", max_concurrency)
 
     def one(prompt: str) -> Synopsis | SynopsisError:
         try:
@@ -269,8 +380,12 @@ def _synopsis_from_response(
     message = response.choices[0].message
     refusal = getattr(message, "refusal", None)
     if refusal:
-        raise SynopsisError("refusal", f"the LLM refused: {excerpt(refusal)}")
-    answer = redact(message.content or "", secrets)
+        raise SynopsisError("refusal", f"the LLM refused: {excerpt(redact(refusal, secrets))}")
+    answer = message.content or ""
+    if redact(answer, secrets) != answer:
+        raise SynopsisError(
+            "secret_echo", "the LLM answer quotes a secret (an API key or token of this environment): not used"
+        )
     return parse_synopsis(
         answer, prompt=prompt, llm_model=model, max_states=max_states, num_frames=num_frames
     )

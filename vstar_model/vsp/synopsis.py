@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # Bump TEMPLATE_VERSION on any change to the wording below (cached synopses are keyed by it), then
 # set TEMPLATE_SHA256 to the new ``template_fingerprint()``; a test checks the two agree.
@@ -59,9 +59,10 @@ class SynopsisError(ValueError):
     """An LLM answer (or call) that yields no usable synopsis.
 
     ``kind`` names the failure in a word that can be counted and stored: ``empty``, ``refusal``,
-    ``malformed``, ``no_states``, ``too_many_states``, ``not_one_sentence``, ``state_too_long``
-    (answer problems), or ``timeout``, ``rate_limited``, ``server_error``, ``connection``,
-    ``auth``, ``bad_request``, ``error`` (call problems, raised by :mod:`vstar_model.vsp.llm`).
+    ``malformed``, ``no_states``, ``too_many_states``, ``not_one_sentence``, ``state_too_long``,
+    ``secret_echo`` (answer problems), or ``timeout``, ``rate_limited``, ``server_error``,
+    ``connection``, ``auth``, ``bad_request``, ``error`` (call problems, raised by
+    :mod:`vstar_model.vsp.llm`).
     """
 
     def __init__(self, kind: str, message: str) -> None:
@@ -81,6 +82,8 @@ class Synopsis:
     template_version: str
     llm_model: str
     raw_answer: str | None = None
+    # Seconds the LLM call that gave this answer took (not the time it waited for a free slot).
+    latency_seconds: float | None = field(default=None, compare=False)
 
     @property
     def num_states(self) -> int:

@@ -50,6 +50,22 @@ def call(server, sleeps, prompt=PROMPT, **kwargs):
 # -- redaction ----------------------------------------------------------------------------------
 
 
+def test_redact_removes_every_secret_variable_and_long_pieces_of_it(monkeypatch):
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "IQoJb3JpZ2luX2VjEHoaCXVzLWVhc3QtMSJGMEQCIBu")
+    monkeypatch.setenv("WATSONX_APIKEY", "wx-0123456789-abcdef")
+    monkeypatch.setenv("PREFECT_API_AUTH_STRING", "admin:pa55w0rd-long")
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false-not-a-secret")
+
+    cleaned = redact(
+        "token 2luX2VjEHoaCXVzLWVh, apikey 0123456789-abcdef, auth admin:pa55w0rd-long, "
+        "short piece CIBu, setting false-not-a-secret"
+    )
+
+    assert cleaned == (
+        "token [REDACTED], apikey [REDACTED], auth [REDACTED], short piece CIBu, setting false-not-a-secret"
+    )
+
+
 def test_redact_removes_key_env_values_key_shapes_and_given_secrets(monkeypatch):
     monkeypatch.setenv("ANTHROPIC_API_KEY", "anthropic-value-123456")
     monkeypatch.setenv("HF_TOKEN", "hf_abcdefghijkl")
@@ -104,22 +120,8 @@ def test_models_with_structured_output_are_sent_the_json_schema(llm_server, slee
     assert response_format["json_schema"]["schema"]["required"] == ["states"]
 
 
-@pytest.mark.parametrize(
-    "fault",
-    [
-        status(429),
-        status(500),
-        status(503),
-        malformed(),
-        empty(),
-        refusal(),
-        ok(STATES * 3),  # too many states
-        ok([]),  # too few
-        text("A snowy field.\n\nThen a meadow."),
-    ],
-    ids=["429", "500", "503", "malformed", "empty", "refusal", "too-many", "too-few", "prose"],
-)
-def test_each_transient_fault_is_retried_then_the_good_answer_wins(llm_server, sleeps, fault):
+@pytest.mark.parametrize("fault", [status(429), status(500), status(503)], ids=["429", "500", "503"])
+def test_each_transport_fault_is_retried_after_a_backoff_then_the_good_answer_wins(llm_server, sleeps, fault):
     llm_server.enqueue(fault, ok(STATES))
 
     result = call(llm_server, sleeps, max_states=8)
@@ -129,14 +131,56 @@ def test_each_transient_fault_is_retried_then_the_good_answer_wins(llm_server, s
     assert len(sleeps) == 1
 
 
+@pytest.mark.parametrize(
+    "fault, kind",
+    [
+        (malformed(), "malformed"),
+        (empty(), "empty"),
+        (refusal(), "refusal"),
+        (ok(STATES * 3), "too_many_states"),
+        (ok([]), "no_states"),
+        (ok(["x" * 400]), "state_too_long"),
+        (text("A snowy field.\n\nThen a meadow."), "malformed"),
+    ],
+    ids=["malformed", "empty", "refusal", "too-many", "too-few", "too-long", "prose"],
+)
+def test_an_unusable_answer_is_asked_again_at_once_saying_why(llm_server, sleeps, fault, kind):
+    llm_server.enqueue(fault, ok(STATES))
+
+    result = call(llm_server, sleeps, max_states=8)
+
+    assert result.states == tuple(STATES)
+    first, second = llm_server.requests
+    assert second.body["messages"][: len(first.body["messages"])] == first.body["messages"]
+    assert "cannot be used" in second.body["messages"][-1]["content"] and PROMPT in second.body["messages"][-1]["content"]
+    assert sleeps == []  # the server answered: no backoff
+
+
+@pytest.mark.parametrize("fault", [malformed(), refusal(), ok(STATES * 3)], ids=["malformed", "refusal", "too-many"])
+def test_an_answer_unusable_twice_fails_without_transport_retries(llm_server, sleeps, fault):
+    llm_server.enqueue(*[fault] * 5)
+
+    with pytest.raises(SynopsisError, match=r"after 2 call\(s\)"):
+        call(llm_server, sleeps, max_retries=4, max_states=8)
+
+    assert len(llm_server.requests) == 2 and sleeps == []
+
+
 def test_retries_back_off_exponentially_with_jitter(llm_server, sleeps):
-    llm_server.enqueue(status(500), status(429), malformed(), empty(), ok(STATES))
+    llm_server.enqueue(status(500), status(429), status(503), status(502), ok(STATES))
 
     call(llm_server, sleeps, backoff_s=0.1, max_backoff_s=10)
 
     assert len(sleeps) == 4
     for attempt, wait in enumerate(sleeps):
         assert 0.05 * 2**attempt <= wait <= 0.1 * 2**attempt, (attempt, wait)
+
+
+def test_one_reask_and_transport_retries_are_counted_apart(llm_server, sleeps):
+    llm_server.enqueue(status(500), malformed(), status(503), ok(STATES))
+
+    assert call(llm_server, sleeps, max_retries=2).states == tuple(STATES)
+    assert len(llm_server.requests) == 4 and len(sleeps) == 2
 
 
 def test_every_wait_is_capped_even_a_longer_retry_after(llm_server, sleeps):
@@ -170,7 +214,7 @@ def test_persistent_bad_answers_fail_with_the_validation_reason(llm_server, slee
     llm_server.enqueue(ok(STATES), ok(STATES))
 
     with pytest.raises(SynopsisError, match=r"3 states, more than num_frames=2") as caught:
-        call(llm_server, sleeps, max_retries=1, num_frames=2)
+        call(llm_server, sleeps, max_retries=4, num_frames=2)
 
     assert caught.value.kind == "too_many_states"
     assert len(llm_server.requests) == 2
@@ -187,14 +231,19 @@ def test_auth_and_request_errors_fail_at_once(llm_server, sleeps, code):
     assert len(llm_server.requests) == 1 and sleeps == []
 
 
+# The slow replies come a minute late and the client waits 3 s: a good answer needs far less on any
+# machine, and a late one never arrives in time however fast the machine is.
+CLIENT_TIMEOUT_S, LATE_S = 3, 60
+
+
 def test_a_slow_server_times_out_and_is_retried(llm_server, sleeps):
-    llm_server.enqueue(delay(0.9, ok(STATES)), ok(STATES))
+    llm_server.enqueue(delay(LATE_S, ok(STATES)), ok(STATES))
 
     result = synopsize(
         PROMPT,
         model=llm_server.model,
         api_base=llm_server.api_base,
-        timeout=0.3,
+        timeout=CLIENT_TIMEOUT_S,
         max_retries=1,
         sleep=sleeps,
     )
@@ -204,14 +253,14 @@ def test_a_slow_server_times_out_and_is_retried(llm_server, sleeps):
 
 
 def test_a_server_that_always_times_out_fails_as_timeout(llm_server, sleeps):
-    llm_server.enqueue(delay(0.9), delay(0.9))
+    llm_server.enqueue(delay(LATE_S), delay(LATE_S))
 
     with pytest.raises(SynopsisError) as caught:
         synopsize(
             PROMPT,
             model=llm_server.model,
             api_base=llm_server.api_base,
-            timeout=0.3,
+            timeout=CLIENT_TIMEOUT_S,
             max_retries=1,
             sleep=sleeps,
         )
@@ -235,23 +284,38 @@ def test_an_unreachable_server_is_retried_as_a_connection_error(sleeps, monkeypa
 # -- keys -------------------------------------------------------------------------------------
 
 
-def test_the_key_reaches_the_server_but_no_output_error_or_log(llm_server, sleeps, caplog):
-    leaked = f"Sure, and your key is {TEST_API_KEY}."
-    llm_server.enqueue(text(leaked), status(401))
+@pytest.mark.parametrize(
+    "answer",
+    [
+        f"Sure, and your key is {TEST_API_KEY}.",
+        json.dumps({"states": [f"A field where someone wrote {TEST_API_KEY} in the snow.", "A green meadow."]}),
+        json.dumps({"states": [f"snow spelling {TEST_API_KEY.removeprefix('sk-')}", "a meadow"]}),  # no prefix
+        json.dumps({"states": [f"a sign reading {TEST_API_KEY[5:17]}", "a meadow"]}),  # a long piece of it
+    ],
+    ids=["prose", "in-a-state", "without-prefix", "piece"],
+)
+def test_an_answer_quoting_the_key_is_rejected_at_once_and_the_key_is_nowhere(llm_server, sleeps, caplog, answer):
+    llm_server.enqueue(text(answer), ok(STATES))
     caplog.set_level(logging.DEBUG, logger="vstar_model")
 
     with pytest.raises(SynopsisError) as caught:
         call(llm_server, sleeps)
-    llm_server.enqueue(
-        ok([f"A field where someone wrote {TEST_API_KEY} in the snow.", "A green meadow."])
-    )
-    result = call(llm_server, sleeps)
 
+    assert caught.value.kind == "secret_echo" and len(llm_server.requests) == 1 and sleeps == []
     assert all(r.headers["authorization"] == f"Bearer {TEST_API_KEY}" for r in llm_server.requests)
-    outputs = [str(caught.value), repr(caught.value), repr(result), caplog.text]
-    assert "injected HTTP 401" in outputs[0] and "[REDACTED]" in outputs[2]
-    for output in outputs:
-        assert TEST_API_KEY not in output
+    for output in (str(caught.value), repr(caught.value), caplog.text):
+        assert TEST_API_KEY not in output and TEST_API_KEY[5:17] not in output
+
+
+def test_a_call_error_naming_the_key_is_redacted(llm_server, sleeps, caplog):
+    llm_server.enqueue(status(401))
+    caplog.set_level(logging.DEBUG, logger="vstar_model")
+
+    with pytest.raises(SynopsisError) as caught:
+        call(llm_server, sleeps)
+
+    assert "injected HTTP 401" in str(caught.value)
+    assert TEST_API_KEY not in str(caught.value) + caplog.text
 
 
 def test_api_key_env_names_where_a_custom_key_lives(llm_server, sleeps, monkeypatch):
@@ -346,7 +410,62 @@ def test_many_prompts_never_exceed_the_concurrency_bound(llm_server, sleeps):
     )
 
     assert all(isinstance(r, Synopsis) for r in results)
-    assert llm_server.max_in_flight == 2
+    assert 1 <= llm_server.max_in_flight <= 2
+
+
+def test_calls_in_separate_threads_share_one_bound(llm_server, sleeps):
+    """Each Prefect task calls synopsize on its own thread: the bound must hold across them."""
+    import threading
+
+    llm_server.enqueue(*[delay(0.3, ok(STATES))] * 6)
+    results = []
+    threads = [
+        threading.Thread(target=lambda i=i: results.append(call(llm_server, sleeps, prompt=f"prompt {i}",
+                                                                max_concurrency=2)))
+        for i in range(6)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert len(results) == 6 and 1 <= llm_server.max_in_flight <= 2
+
+
+def test_latency_is_the_calls_own_not_the_wait_for_a_slot(llm_server, sleeps, monkeypatch):
+    import threading
+    import time
+
+    from vstar_model.vsp import llm
+
+    class ObservedSlot(threading.BoundedSemaphore):
+        """The process's one LLM slot, saying when a call starts waiting for it."""
+
+        def __init__(self):
+            super().__init__(1)
+            self.waited_for = threading.Event()
+
+        def __enter__(self):
+            if threading.current_thread() is not threading.main_thread():
+                self.waited_for.set()
+            return super().acquire()
+
+    slot = ObservedSlot()
+    monkeypatch.setitem(llm._slots, 1, slot)
+    llm_server.enqueue(ok(STATES))
+    slot.acquire()  # another call holds the only slot
+    results = []
+    caller = threading.Thread(target=lambda: results.append(call(llm_server, sleeps, max_concurrency=1)))
+    caller.start()
+    assert slot.waited_for.wait(timeout=600)
+    time.sleep(0.5)  # the caller waits for the slot all this time
+    released_at = time.perf_counter()
+    slot.release()
+    caller.join()
+    done_at = time.perf_counter()
+
+    [result] = results
+    assert 0 < result.latency_seconds <= done_at - released_at  # the request started after the release
 
 
 def test_many_prompts_check_arguments_before_any_call(llm_server):
