@@ -20,7 +20,8 @@ from vstar_data.runs import CachePaths, RunPaths
 from vstar_data.storage import StorageError, exists, read_bytes, write_bytes_atomic
 from vstar_model.backbones.loading import pick_device, resolve_location
 from vstar_model.backbones.presets import get_preset
-from vstar_model.sampling.unet import SamplingConfig, generate_video
+from vstar_model.sampling.unet import SAMPLER_REVISION, SamplingConfig, generate_video
+from vstar_model.tar.unet import parse_tar
 from vstar_model.video.writer import encode_mp4, frame_strip
 
 
@@ -62,11 +63,28 @@ class SampleJob(BaseModel):
         )
 
     def key(self) -> str:
-        """Content key: same inputs, same weights location, same device → same video."""
-        location = resolve_location(get_preset(self.model), self.model_path)
-        inputs = self.model_dump(exclude={"entry_id", "synopsis_source", "model_path", "device", "dtype", "variant"})
-        return sample_key(**inputs, model_location=str(location), device=pick_device(self.device).type,
-                          dtype=self.dtype or "default")
+        """Content key of every input that determines the video: same key, same video.
+
+        The TAR setting enters as its parsed settings (levels, σ, step window, layers), so a
+        change of a default changes the key; the weights as their resolved location (a hub
+        snapshot's folder names its commit) plus the preset's revision and fps conditioning.
+        """
+        preset = get_preset(self.model)
+        location = resolve_location(preset, self.model_path)
+        tar = parse_tar(self.tar)
+        inputs = self.model_dump(
+            exclude={"entry_id", "synopsis_source", "model_path", "device", "dtype", "variant", "tar"}
+        )
+        return sample_key(
+            **inputs,
+            tar=None if tar is None else tar.settings(),
+            model_location=str(location),
+            model_revision=preset.revision,
+            fps_condition=preset.fps_condition,
+            device=pick_device(self.device).type,
+            dtype=self.dtype or "default",
+            sampler_revision=SAMPLER_REVISION,
+        )
 
 
 def sample_row(job: SampleJob, run: RunPaths, key: str, record: dict | None, error: str | None = None) -> dict:

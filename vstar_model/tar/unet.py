@@ -116,9 +116,10 @@ class TARConfig:
             raise ValueError(f"TAR include_stem must be True or False, got {self.include_stem!r}")
 
     @classmethod
-    def from_preset(cls, preset: str, *, active_steps: int | float = DEFAULT_ACTIVE_STEPS) -> TARConfig:
+    def from_preset(cls, preset: str, *, active_steps: int | float | None = None) -> TARConfig:
         """Parse ``"<level>D<sigma>"`` parts joined by ``_``: ``"64D1"``, ``"64D4"``, ``"64D1_32D8"``,
-        optionally ending in ``+stem`` (``"64D1+stem"``: ``include_stem=True``)."""
+        optionally ending in ``+stem`` (``"64D1+stem"``: ``include_stem=True``); ``active_steps``
+        defaults to :data:`DEFAULT_ACTIVE_STEPS`."""
         if not isinstance(preset, str):
             raise ValueError(f"a TAR preset must be a string such as {PRESETS[0]!r}, got {preset!r}")
         body = preset.strip()
@@ -137,6 +138,7 @@ class TARConfig:
             if level in sigmas:
                 raise ValueError(f"TAR preset {preset!r} names level {level} twice")
             sigmas[level] = float(match.group(2))
+        active_steps = DEFAULT_ACTIVE_STEPS if active_steps is None else active_steps
         return cls(sigmas=sigmas, active_steps=active_steps, include_stem=include_stem)
 
     @property
