@@ -164,6 +164,8 @@ def produce_sample(
     return sample_row(job, run, key, record), reused
 
 
+# One retry: a CUDA crash, or running out of memory while other videos held the GPU, may pass;
+# NaN latents (same seed, same NaN) and faults storage already gave up on cannot.
 @task(
     task_run_name="generate-{job.entry_id}-s{job.seed}-{job.variant}",
     retries=1,
