@@ -150,43 +150,47 @@ def _tar_attention_cpu(
     batch, heads, num_queries, head_dim = query.shape
     num_keys, value_dim = key.shape[-2], value.shape[-1]
     fold = heads == 1 or all(t.stride(0) == heads * t.stride(1) for t in (query, key, value))
-    rows = max(1, min(batch, _CPU_CHUNK_ELEMENTS // (heads * num_queries * num_keys)))
-    logits = query.new_empty(rows * heads, num_queries, num_keys)
-    row_max = query.new_empty(rows * heads, num_queries, 1)
+    # A chunk is `rows` videos × `head_step` heads: whole rows of heads while they fit, else
+    # part of one row's heads (long clips, many heads).
+    per_head = num_queries * num_keys
+    rows = max(1, min(batch, _CPU_CHUNK_ELEMENTS // (heads * per_head)))
+    head_step = heads if rows > 1 else max(1, min(heads, _CPU_CHUNK_ELEMENTS // per_head))
+    most = rows * head_step
+    logits = query.new_empty(most, num_queries, num_keys)
+    row_max = query.new_empty(most, num_queries, 1)
     # One head: the products go straight into the output; else via a buffer copied into place.
-    staging = None if heads == 1 else value.new_empty(rows, heads, num_queries, value_dim)
-    contiguous = None if fold else [
-        t.new_empty(rows, heads, t.shape[-2], t.shape[-1]) for t in (query, key, value)
-    ]
+    staging = None if heads == 1 else value.new_empty(most, num_queries, value_dim)
+    contiguous = None if fold else [t.new_empty(most, t.shape[-2], t.shape[-1]) for t in (query, key, value)]
     for start in range(0, batch, rows):
-        chunk = slice(start, start + rows)
-        count = min(rows, batch - start)
-        matrices = count * heads
-        operands = [t[chunk] for t in (query, key, value)]
-        if contiguous is not None:
-            operands = [buffer[:count].copy_(t) for buffer, t in zip(contiguous, operands)]
-        chunk_query, chunk_key, chunk_value = (
-            t.reshape(matrices, t.shape[-2], t.shape[-1]) for t in operands
-        )
-        chunk_logits, chunk_max = logits[:matrices], row_max[:matrices]
-        torch.baddbmm(chunk_logits, chunk_query, chunk_key.transpose(1, 2), beta=0, alpha=scale, out=chunk_logits)
-        # φ + rowmax(φ)·ΔA (+ mask), as _regularise_logits_.
-        torch.amax(chunk_logits, dim=-1, keepdim=True, out=chunk_max)
-        chunk_logits.addcmul_(chunk_max, band)
-        if attn_mask is not None:
-            mask = attn_mask[chunk].reshape(matrices, num_queries, num_keys)
-            if mask.dtype == torch.bool:  # SDPA's convention: True = may attend
-                chunk_logits.masked_fill_(~mask, float("-inf"))
+        for first_head in range(0, heads, head_step):
+            chunk = (slice(start, start + rows), slice(first_head, first_head + head_step))
+            count = min(rows, batch - start) * min(head_step, heads - first_head)
+            operands = [t[chunk] for t in (query, key, value)]  # [videos, heads, n, d]
+            if contiguous is not None:
+                operands = [buffer[:count].view(t.shape).copy_(t) for buffer, t in zip(contiguous, operands)]
+            chunk_query, chunk_key, chunk_value = (
+                t.reshape(count, t.shape[-2], t.shape[-1]) for t in operands
+            )
+            chunk_logits, chunk_max = logits[:count], row_max[:count]
+            torch.baddbmm(
+                chunk_logits, chunk_query, chunk_key.transpose(1, 2), beta=0, alpha=scale, out=chunk_logits
+            )
+            # φ + rowmax(φ)·ΔA (+ mask), as _regularise_logits_.
+            torch.amax(chunk_logits, dim=-1, keepdim=True, out=chunk_max)
+            chunk_logits.addcmul_(chunk_max, band)
+            if attn_mask is not None:
+                mask = attn_mask[chunk].reshape(count, num_queries, num_keys)
+                if mask.dtype == torch.bool:  # SDPA's convention: True = may attend
+                    chunk_logits.masked_fill_(~mask, float("-inf"))
+                else:
+                    chunk_logits.add_(mask)
+            torch.softmax(chunk_logits, dim=-1, out=chunk_logits)
+            target = output[chunk]  # [videos, heads, N, d_v], laid out [videos, N, heads, d_v]
+            if staging is None:
+                torch.bmm(chunk_logits, chunk_value, out=target.view(count, num_queries, value_dim))
             else:
-                chunk_logits.add_(mask)
-        torch.softmax(chunk_logits, dim=-1, out=chunk_logits)
-        target = output[chunk]  # [count, heads, N, d_v], laid out [count, N, heads, d_v]
-        if staging is None:
-            torch.bmm(chunk_logits, chunk_value, out=target.view(matrices, num_queries, value_dim))
-        else:
-            products = staging[:count]
-            torch.bmm(chunk_logits, chunk_value, out=products.view(matrices, num_queries, value_dim))
-            target.copy_(products)
+                products = torch.bmm(chunk_logits, chunk_value, out=staging[:count])
+                target.copy_(products.view(target.shape))
     return output
 
 

@@ -142,8 +142,8 @@ def _diffusers_layout(batch, heads, frames, head_dim, seed=0):
 @pytest.mark.parametrize("heads", [1, 3])
 @pytest.mark.parametrize("layout", ["diffusers", "contiguous", "head-major"])
 def test_every_layout_and_chunking_gives_the_reference(monkeypatch, heads, layout):
-    """Strided inputs, folded or copied heads, and chunks whose last one is short, all equal
-    ``tar_attention_probs(...) @ value`` (with a mask, too)."""
+    """Strided inputs, folded or copied heads, chunks of videos or of heads whose last one is
+    short: all equal ``tar_attention_probs(...) @ value`` (with a mask, too)."""
     if layout == "diffusers":
         query, key, value = _diffusers_layout(5, heads, 6, 4)
     elif layout == "contiguous":
@@ -156,8 +156,9 @@ def test_every_layout_and_chunking_gives_the_reference(monkeypatch, heads, layou
     mask = (torch.rand(5, heads, 6, 6, generator=generator) > 0.5) | torch.eye(6, dtype=torch.bool)
     expected = tar_attention_probs(query, key, band) @ value
     masked = tar_attention_probs(query, key, band, attn_mask=mask) @ value
-    for chunk_rows in (1, 2, 5):
-        monkeypatch.setattr(attention, "_CPU_CHUNK_ELEMENTS", chunk_rows * heads * 6 * 6)
+    # Chunks of one head, two heads (of three: the last chunk short), one, two and five videos.
+    for chunk_maps in (1, 2, heads, 2 * heads, 5 * heads):
+        monkeypatch.setattr(attention, "_CPU_CHUNK_ELEMENTS", chunk_maps * 6 * 6)
         out = tar_attention(query, key, value, band)
         torch.testing.assert_close(out, expected)
         assert out.transpose(1, 2).is_contiguous()  # SDPA's output layout, whatever came in
