@@ -52,16 +52,13 @@ def generated_attention(
 
     backbone = cached_backbone(model.preset, path=model.path, device=model.device, dtype=model.dtype)
     preset = backbone.preset
-    config = SamplingConfig(
-        num_frames=num_frames, height=model.height or preset.height, width=model.width or preset.width,
-        num_inference_steps=model.steps or preset.num_inference_steps,
-        guidance_scale=model.guidance_scale or preset.guidance_scale, eta=model.eta,
-        negative_prompt=model.negative_prompt,
-    )
+    settings = model.for_preset(preset)
+    fps = settings.pop("fps")
+    config = SamplingConfig(num_frames=num_frames, **settings, eta=model.eta, negative_prompt=model.negative_prompt)
     video, recorder = generated_video_attention(backbone, states, config, seed=seed, tar=condition_tar(condition))
     file_name = condition.replace("@", "_at_")  # '@' reads as user@host in some URL schemes
     write_bytes_atomic(join(analysis_dir, "videos", f"{file_name}__{num_frames}f.mp4"),
-                       encode_mp4(video.frames, fps=model.fps or preset.fps))
+                       encode_mp4(video.frames, fps=fps))
     rows = []
     for step in recorder.steps:
         rows += _rows(recorder.maps_at(step), recorder.levels, run_id=run_id, source="generated",
@@ -83,8 +80,8 @@ def real_attention(
 
     backbone = cached_backbone(model.preset, path=model.path, device=model.device, dtype=model.dtype)
     preset = backbone.preset
-    frames = resize_frames(read_video_frames(clip, num_frames), model.height or preset.height,
-                           model.width or preset.width)
+    settings = model.for_preset(preset)
+    frames = resize_frames(read_video_frames(clip, num_frames), settings["height"], settings["width"])
     maps = real_video_attention(backbone, frames, prompt=prompt, timestep=timestep, seed=seed)
     levels = temporal_attention_levels(backbone.unet)
     rows = _rows(maps, levels, run_id=run_id, source="real", condition="real", clip=clip,

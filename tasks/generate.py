@@ -22,7 +22,8 @@ from vstar_data.uris import relative_uri
 from vstar_model.backbones.loading import pick_device, resolve_location
 from vstar_model.backbones.presets import get_preset
 from vstar_model.sampling.gtn import GTNConfig
-from vstar_model.sampling.unet import GeneratedVideo, SamplingConfig, generate_video
+from vstar_model.sampling.unet import SAMPLER_REVISION, GeneratedVideo, SamplingConfig, generate_video
+from vstar_model.tar.unet import parse_tar
 from vstar_model.video.writer import encode_mp4, frame_strip
 
 
@@ -97,13 +98,29 @@ class SampleJob(BaseModel):
         )
 
     def key(self) -> str:
-        """Content key: same inputs, same weights location, same device → same video."""
-        location = resolve_location(get_preset(self.model), self.model_path)
-        # Unset optional inputs are left out, so videos made before they existed keep their keys.
-        inputs = self.model_dump(exclude={"entry_id", "synopsis_source", "model_path", "device", "dtype", "variant"},
-                                 exclude_none=True)
-        return sample_key(**inputs, model_location=str(location), device=pick_device(self.device).type,
-                          dtype=self.dtype or "default")
+        """Content key of every input that determines the video: same key, same video.
+
+        The TAR setting enters as its parsed settings (levels, σ, step window, layers), so a
+        change of a default changes the key; the weights as their resolved location (a hub
+        snapshot's folder names its commit) plus the preset's revision and fps conditioning.
+        """
+        preset = get_preset(self.model)
+        location = resolve_location(preset, self.model_path)
+        tar = parse_tar(self.tar)
+        inputs = self.model_dump(
+            exclude={"entry_id", "synopsis_source", "model_path", "device", "dtype", "variant", "tar"},
+            exclude_none=True,  # unset optional inputs are left out: older videos keep their keys
+        )
+        return sample_key(
+            **inputs,
+            tar=None if tar is None else tar.settings(),
+            model_location=str(location),
+            model_revision=preset.revision,
+            fps_condition=preset.fps_condition,
+            device=pick_device(self.device).type,
+            dtype=self.dtype or "default",
+            sampler_revision=SAMPLER_REVISION,
+        )
 
 
 def sample_row(job: SampleJob, run: RunPaths, key: str, record: dict | None, error: str | None = None) -> dict:
@@ -256,6 +273,8 @@ def gpu_slot_for(concurrency_limit: str | None) -> Callable[[], AbstractContextM
     return gpu_slot
 
 
+# One retry: a CUDA crash, or running out of memory while other videos held the GPU, may pass;
+# NaN latents (same seed, same NaN) and faults storage already gave up on cannot.
 @task(
     task_run_name="generate-{job.entry_id}-s{job.seed}-{job.variant}",
     retries=1,

@@ -7,17 +7,21 @@ from collections.abc import Callable
 from typing import Any
 
 from prefect.futures import wait
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.generate import GTNSettings, ReferenceBand, SampleJob, sample_row
 from vstar_data.catalog import CatalogEntry
 from vstar_data.runs import RunPaths
-from vstar_model.backbones.presets import get_preset
+from vstar_model.backbones.presets import BackbonePreset, get_preset
 from vstar_model.sampling.unet import GTN_VARIANTS, VARIANTS
 
 
 class ModelSettings(BaseModel):
-    """The backbone and its sampling settings; unset values take the preset's defaults."""
+    """The backbone and its sampling settings; unset (None) values take the preset's defaults.
+
+    Unset and zero differ: ``guidance_scale=0`` is the unconditional prediction, not the preset's
+    scale. Values that cannot mean anything (0 steps, a 0-pixel frame) are refused here.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -25,13 +29,29 @@ class ModelSettings(BaseModel):
     path: str | None = None
     device: str | None = None
     dtype: str | None = None
-    height: int | None = None
-    width: int | None = None
-    steps: int | None = None
-    guidance_scale: float | None = None
-    eta: float = 1.0
-    fps: int | None = None
+    height: int | None = Field(None, ge=1)
+    width: int | None = Field(None, ge=1)
+    steps: int | None = Field(None, ge=1)
+    guidance_scale: float | None = Field(None, ge=0, allow_inf_nan=False)
+    eta: float = Field(1.0, ge=0, le=1)
+    fps: int | None = Field(None, ge=1)
     negative_prompt: str = ""
+
+    def for_preset(self, preset: BackbonePreset) -> dict[str, Any]:
+        """Height, width, steps, guidance scale and fps: these settings where set, else the preset's."""
+        return {
+            "height": _unless_unset(self.height, preset.height),
+            "width": _unless_unset(self.width, preset.width),
+            "num_inference_steps": _unless_unset(self.steps, preset.num_inference_steps),
+            "guidance_scale": _unless_unset(self.guidance_scale, preset.guidance_scale),
+            "fps": _unless_unset(self.fps, preset.fps),
+        }
+
+
+def _unless_unset(value: Any, default: Any) -> Any:
+    """``value``, or ``default`` when it is unset (None). Not ``value or default``, which would
+    replace a deliberate 0 or ""."""
+    return default if value is None else value
 
 
 def check_backbones(entries: list[CatalogEntry], model: ModelSettings) -> None:
@@ -44,7 +64,9 @@ def check_backbones(entries: list[CatalogEntry], model: ModelSettings) -> None:
 
 
 def entry_frames(entry: CatalogEntry, frames: int | None, model: ModelSettings) -> int:
-    return entry.frames or frames or get_preset(entry.model or model.preset).num_frames
+    if entry.frames is not None:
+        return entry.frames
+    return _unless_unset(frames, get_preset(entry.model or model.preset).num_frames)
 
 
 def plan_jobs(
@@ -70,7 +92,7 @@ def plan_jobs(
         if synopsis["source"] == "failed":
             continue
         model = parameters.model
-        preset = get_preset(entry.model or model.preset)
+        preset = get_preset(entry.model or model.preset)  # a preset name is never empty
         seeds = entry.resolve_seeds(default_num_samples=parameters.samples_per_prompt, base_seed=parameters.seed)
         for seed, variant in itertools.product(seeds, parameters.variants):
             use_vsp, use_tar = VARIANTS[variant]
@@ -87,14 +109,10 @@ def plan_jobs(
                     device=model.device,
                     dtype=model.dtype,
                     num_frames=entry_frames(entry, parameters.frames, model),
-                    height=model.height or preset.height,
-                    width=model.width or preset.width,
-                    num_inference_steps=model.steps or preset.num_inference_steps,
-                    guidance_scale=model.guidance_scale or preset.guidance_scale,
+                    **model.for_preset(preset),
                     eta=model.eta,
-                    negative_prompt=entry.negative_prompt or model.negative_prompt,
-                    fps=model.fps or preset.fps,
-                    tar=(entry.tar or parameters.tar) if use_tar else "off",
+                    negative_prompt=_unless_unset(entry.negative_prompt, model.negative_prompt),
+                    tar=_unless_unset(entry.tar, parameters.tar) if use_tar else "off",
                     # One state (a fallback, or a one-state synopsis) conditions every frame alike: no VSP.
                     vsp=use_vsp and len(states) >= 2,
                     variant=variant,

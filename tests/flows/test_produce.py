@@ -120,6 +120,10 @@ def test_local_run_is_readable_by_dataset_readers_and_resumes_without_regenerati
 
     assert len(pandas.read_parquet(f"{first}/synopses.parquet")) == 2
 
+    from tasks import evaluate, generate
+
+    real_generate, real_score = generate.generate_video, evaluate.score_video
+
     def must_not_generate(*args, **kwargs):
         raise AssertionError("an unchanged catalog must reuse every finished video")
 
@@ -148,6 +152,19 @@ def test_local_run_is_readable_by_dataset_readers_and_resumes_without_regenerati
     assert hashes[0] == hashes[1]
     assert len(list_runs(root)) == 2
     assert verify_manifest(second) == []
+
+    # One input changed (guidance 0 instead of the preset's): every video is made again.
+    generated = []
+
+    def counted_generate(*args, **kwargs):
+        generated.append(kwargs["seed"])
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr("tasks.generate.generate_video", counted_generate)
+    monkeypatch.setattr("tasks.evaluate.score_video", real_score)
+    third = _run(catalog, root, tiny_model_dir, model=ModelSettings(path=str(tiny_model_dir), steps=2, guidance_scale=0))
+    keys = [{r["sample_key"] for r in read_table(f"{run}/samples.parquet").to_pylist()} for run in (first, third)]
+    assert sorted(generated) == [0, 3, 11] and not keys[0] & keys[1]
 
 
 def test_a_failing_video_is_recorded_and_others_complete(catalog, tiny_model_dir, monkeypatch):

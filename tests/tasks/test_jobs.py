@@ -4,7 +4,13 @@ import time
 import pytest
 from prefect import flow, task
 
-from tasks.jobs import submit_in_window
+from pydantic import ValidationError
+
+from flows.produce import ProduceParameters
+from tasks.generate import SampleJob
+from tasks.jobs import ModelSettings, plan_jobs, submit_in_window
+from vstar_data.catalog import CatalogEntry
+from vstar_model.backbones.presets import get_preset
 
 
 def test_at_most_window_runs_in_flight_and_results_in_item_order(prefect_harness):
@@ -64,3 +70,48 @@ def test_vsp_is_true_only_for_videos_conditioned_on_two_or_more_states():
         ("one-state", "vstar"): False, ("one-state", "vsp"): False, ("one-state", "baseline"): False,
         ("fell-back", "vstar"): False, ("fell-back", "vsp"): False, ("fell-back", "baseline"): False,
     }
+
+
+# --- settings: unset takes the preset's value, zero does not ------------------------------------
+
+
+def _plan(model: ModelSettings, **entry) -> SampleJob:
+    entries = [CatalogEntry(id="entry", prompt="a meadow", **entry)]
+    synopses = [{"catalog_id": "entry", "states": ["snow", "flowers"], "source": "catalog"}]
+    (job,) = plan_jobs(entries, synopses, ProduceParameters(catalog="catalog.yaml", model=model))
+    return job
+
+
+def test_unset_settings_take_the_presets_values():
+    preset = get_preset("tiny")
+    job = _plan(ModelSettings())
+    assert (job.height, job.width, job.num_inference_steps, job.guidance_scale, job.fps) == (
+        preset.height, preset.width, preset.num_inference_steps, preset.guidance_scale, preset.fps,
+    )
+    assert job.num_frames == preset.num_frames and job.tar == "64D1" and job.negative_prompt == ""
+
+
+def test_guidance_scale_zero_is_kept_not_replaced_by_the_presets():
+    assert get_preset("tiny").guidance_scale != 0
+    assert _plan(ModelSettings(guidance_scale=0)).guidance_scale == 0.0
+    assert _plan(ModelSettings(guidance_scale=0)).sampling().guidance_scale == 0.0
+    settings = ModelSettings(guidance_scale=0.0, height=32, width=48, steps=3, fps=12)
+    assert settings.for_preset(get_preset("tiny")) == {
+        "height": 32, "width": 48, "num_inference_steps": 3, "guidance_scale": 0.0, "fps": 12,
+    }
+
+
+def test_an_entrys_empty_negative_prompt_overrides_the_runs():
+    model = ModelSettings(negative_prompt="blurry, static")
+    assert _plan(model).negative_prompt == "blurry, static"
+    assert _plan(model, negative_prompt="").negative_prompt == ""
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("height", 0), ("width", 0), ("steps", 0), ("fps", 0), ("guidance_scale", -1.0),
+     ("guidance_scale", float("nan")), ("eta", 1.5)],
+)
+def test_settings_that_mean_nothing_are_refused_not_replaced(field, value):
+    with pytest.raises(ValidationError, match=field):
+        ModelSettings(**{field: value})

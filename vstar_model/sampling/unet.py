@@ -21,6 +21,11 @@ from vstar_model.tar.unet import apply_tar
 
 ProgressCallback = Callable[[int, int], None]
 
+# Part of every video's resume key: bump it when a change makes the same inputs give other
+# pixels, so resumed runs do not reuse videos of the old code. 2: TAR leaves transformer_in
+# alone, VSP keyframes truncated as the authors'.
+SAMPLER_REVISION = 2
+
 # The paper's ablation (Fig. 11), same seed for all: variant → (VSP on, TAR on).
 VARIANTS: dict[str, tuple[bool, bool]] = {
     "baseline": (False, False),

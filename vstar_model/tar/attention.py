@@ -15,8 +15,9 @@ import torch.nn.functional as F
 
 ReplaceMode = Literal["identity", "ones"]
 REPLACE_MODES: tuple[str, ...] = ("identity", "ones")
-# Logits per CPU chunk: 1 MiB in float32, so that a chunk's maps stay in cache between the ops.
-_CPU_CHUNK_ELEMENTS = 1 << 18
+# Logits per CPU chunk: 512 KiB in float32, so that a chunk's maps and operands stay in cache
+# between the ops.
+_CPU_CHUNK_ELEMENTS = 1 << 17
 
 
 def _check_band(band: torch.Tensor, num_queries: int, num_keys: int) -> None:
@@ -86,13 +87,16 @@ def tar_attention(
 
     Args:
         query, key, value: ``[batch, heads, N, head_dim]`` as for
-            ``torch.nn.functional.scaled_dot_product_attention``.
+            ``torch.nn.functional.scaled_dot_product_attention``, in any strides (diffusers passes
+            ``[batch, N, heads·head_dim]`` projections viewed per head).
         band: ΔA ``[N, N]`` (see :mod:`vstar_model.tar.bands`) or ``None`` for plain attention.
         scale: logit scale, ``1/√head_dim`` by default.
         attn_mask: optional SDPA-style mask broadcastable to ``[batch, heads, N, N]``.
 
     Returns:
-        ``[batch, heads, N, head_dim]``, the same as ``tar_attention_probs(...) @ value``.
+        ``[batch, heads, N, head_dim]``, the same as ``tar_attention_probs(...) @ value``, laid
+        out in memory as ``[batch, N, heads, head_dim]`` like SDPA's output, so that merging
+        the heads afterwards needs no copy.
     """
     if band is None:
         return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, scale=scale)
@@ -102,23 +106,92 @@ def tar_attention(
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
     if attn_mask is not None:
         attn_mask = attn_mask.expand(batch, heads, num_queries, num_keys)
-    # [batch, N, heads, head_dim] in memory, like SDPA's output: merging heads needs no copy.
-    output = value.new_empty(batch, num_queries, heads, value.shape[-1])
-    # Temporal attention is a huge batch (video batch × h × w) of small N×N maps. On CPU, going
-    # through it in cache-sized chunks is ~1.6× faster than one pass over all the logits; on
-    # accelerators one batched call is fastest.
-    rows = (
-        batch
-        if query.device.type != "cpu"
-        else max(1, _CPU_CHUNK_ELEMENTS // (heads * num_queries * num_keys))
-    )
+    output = value.new_empty(batch, num_queries, heads, value.shape[-1]).transpose(1, 2)
+    if query.device.type != "cpu":
+        return _tar_attention_batched(query, key, value, band, scale, attn_mask, output)
+    return _tar_attention_cpu(query, key, value, band, scale, attn_mask, output)
+
+
+def _tar_attention_batched(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    band: torch.Tensor,
+    scale: float,
+    attn_mask: torch.Tensor | None,
+    output: torch.Tensor,
+) -> torch.Tensor:
+    """:func:`tar_attention` in one batched pass over all the logits (fastest on accelerators)."""
+    logits = torch.matmul(query, key.transpose(-1, -2)).mul_(scale)
+    probs = _regularise_logits_(logits, band, attn_mask).softmax(dim=-1)
+    return output.copy_(torch.matmul(probs, value))
+
+
+def _tar_attention_cpu(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    band: torch.Tensor,
+    scale: float,
+    attn_mask: torch.Tensor | None,
+    output: torch.Tensor,
+) -> torch.Tensor:
+    """:func:`tar_attention` on CPU, into ``output`` (``[batch, heads, N, d_v]``).
+
+    Temporal attention is a huge batch (video batch × h × w) of small N×N maps, so the work goes
+    in chunks of the batch whose logits stay in cache between the ops that read them, into
+    buffers reused from chunk to chunk; each op runs once per chunk on all its heads. Batched
+    matrix products need the matrices one stride apart, which holds when the heads fold into the
+    batch (contiguous heads, or one head). Diffusers' per-head views of a ``[batch, N, heads·d]``
+    projection do not fold, and multiplying them in place is slow (a head's rows are
+    ``heads·d`` apart: for 16 heads of 64, 4 KiB, the same cache set), so their chunk is first
+    copied into contiguous buffers, which costs less.
+    """
+    batch, heads, num_queries, head_dim = query.shape
+    num_keys, value_dim = key.shape[-2], value.shape[-1]
+    fold = heads == 1 or all(t.stride(0) == heads * t.stride(1) for t in (query, key, value))
+    # A chunk is `rows` videos × `head_step` heads: whole rows of heads while they fit, else
+    # part of one row's heads (long clips, many heads).
+    per_head = num_queries * num_keys
+    rows = max(1, min(batch, _CPU_CHUNK_ELEMENTS // (heads * per_head)))
+    head_step = heads if rows > 1 else max(1, min(heads, _CPU_CHUNK_ELEMENTS // per_head))
+    most = rows * head_step
+    logits = query.new_empty(most, num_queries, num_keys)
+    row_max = query.new_empty(most, num_queries, 1)
+    # One head: the products go straight into the output; else via a buffer copied into place.
+    staging = None if heads == 1 else value.new_empty(most, num_queries, value_dim)
+    contiguous = None if fold else [t.new_empty(most, t.shape[-2], t.shape[-1]) for t in (query, key, value)]
     for start in range(0, batch, rows):
-        chunk = slice(start, start + rows)
-        logits = torch.matmul(query[chunk], key[chunk].transpose(-1, -2)).mul_(scale)
-        mask = None if attn_mask is None else attn_mask[chunk]
-        probs = _regularise_logits_(logits, band, mask).softmax(dim=-1)
-        output[chunk] = torch.matmul(probs, value[chunk]).transpose(1, 2)
-    return output.transpose(1, 2)
+        for first_head in range(0, heads, head_step):
+            chunk = (slice(start, start + rows), slice(first_head, first_head + head_step))
+            count = min(rows, batch - start) * min(head_step, heads - first_head)
+            operands = [t[chunk] for t in (query, key, value)]  # [videos, heads, n, d]
+            if contiguous is not None:
+                operands = [buffer[:count].view(t.shape).copy_(t) for buffer, t in zip(contiguous, operands)]
+            chunk_query, chunk_key, chunk_value = (
+                t.reshape(count, t.shape[-2], t.shape[-1]) for t in operands
+            )
+            chunk_logits, chunk_max = logits[:count], row_max[:count]
+            torch.baddbmm(
+                chunk_logits, chunk_query, chunk_key.transpose(1, 2), beta=0, alpha=scale, out=chunk_logits
+            )
+            # φ + rowmax(φ)·ΔA (+ mask), as _regularise_logits_.
+            torch.amax(chunk_logits, dim=-1, keepdim=True, out=chunk_max)
+            chunk_logits.addcmul_(chunk_max, band)
+            if attn_mask is not None:
+                mask = attn_mask[chunk].reshape(count, num_queries, num_keys)
+                if mask.dtype == torch.bool:  # SDPA's convention: True = may attend
+                    chunk_logits.masked_fill_(~mask, float("-inf"))
+                else:
+                    chunk_logits.add_(mask)
+            torch.softmax(chunk_logits, dim=-1, out=chunk_logits)
+            target = output[chunk]  # [videos, heads, N, d_v], laid out [videos, N, heads, d_v]
+            if staging is None:
+                torch.bmm(chunk_logits, chunk_value, out=target.view(count, num_queries, value_dim))
+            else:
+                products = torch.bmm(chunk_logits, chunk_value, out=staging[:count])
+                target.copy_(products.view(target.shape))
+    return output
 
 
 def replaced_attention(value: torch.Tensor, replace: ReplaceMode) -> torch.Tensor:

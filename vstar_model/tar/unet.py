@@ -1,8 +1,12 @@
 """Temporal Attention Regularization (paper §3.4) for diffusers video UNets.
 
 ``apply_tar(unet, "64D1")`` swaps the processors of the temporal self-attention layers (both
-``attn1`` and ``attn2`` of every temporal transformer block) at the chosen levels for
-:class:`TARAttnProcessor` and returns a :class:`TARHandle`. The sampling loop calls
+``attn1`` and ``attn2`` of every temporal transformer inside the down, mid and up blocks) at the
+chosen levels for :class:`TARAttnProcessor` and returns a :class:`TARHandle`. As in the authors'
+code, the UNet's initial temporal transformer (diffusers' ``transformer_in``, LVDM's
+``init_attn``) is left alone: of VideoCrafter2's 34 temporal attention layers, 32 are regularised.
+``TARConfig(include_stem=True)`` (preset suffix ``+stem``, e.g. ``"64D1+stem"``) regularises it
+too, at level 64. The sampling loop calls
 ``handle.set_step(step, num_steps)`` before each UNet call; TAR is applied only in the first
 ``active_steps`` steps, in every batch element (so in both classifier-free-guidance branches).
 It derives from :class:`TemporalAttnProcessor` (``AttnProcessor2_0`` for temporal layers), which
@@ -42,6 +46,7 @@ DEFAULT_PRESET = "64D1"
 DEFAULT_ACTIVE_STEPS = 0.56  # steps 0–13 of 25, as in the authors' runs
 _OFF = ("off", "none")
 _PRESET_PART = re.compile(r"(\d+)[dD](\d+(?:\.\d*)?|\.\d+)")
+STEM_SUFFIX = "+stem"
 
 # Processor names of temporal self-attention layers, e.g.
 # "down_blocks.1.temp_attentions.0.transformer_blocks.0.attn2.processor" (UNet3DConditionModel),
@@ -76,6 +81,8 @@ class TARConfig:
         matrix: the ``[N, N]`` ΔA of ``"matrix"`` mode; videos must then have N frames.
         active_steps: TAR runs in the leading denoising steps: an int is a step count, a float in
             (0, 1] a fraction of the steps, rounded half up (0.56 of 25 steps → steps 0–13).
+        include_stem: also regularise the initial temporal transformer (``transformer_in``, level
+            64), which the authors leave alone; off by default.
     """
 
     sigmas: Mapping[int, float]
@@ -83,6 +90,7 @@ class TARConfig:
     replace: ReplaceMode | None = None
     matrix: torch.Tensor | None = field(default=None, repr=False)
     active_steps: int | float = DEFAULT_ACTIVE_STEPS
+    include_stem: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.sigmas, Mapping) or not self.sigmas:
@@ -104,29 +112,50 @@ class TARConfig:
         if self.matrix is not None:
             object.__setattr__(self, "matrix", validate_band_matrix(self.matrix))
         _check_active_steps(self.active_steps)
+        if not isinstance(self.include_stem, bool):
+            raise ValueError(f"TAR include_stem must be True or False, got {self.include_stem!r}")
 
     @classmethod
-    def from_preset(cls, preset: str, *, active_steps: int | float = DEFAULT_ACTIVE_STEPS) -> TARConfig:
-        """Parse ``"<level>D<sigma>"`` parts joined by ``_``: ``"64D1"``, ``"64D4"``, ``"64D1_32D8"``."""
+    def from_preset(cls, preset: str, *, active_steps: int | float | None = None) -> TARConfig:
+        """Parse ``"<level>D<sigma>"`` parts joined by ``_``: ``"64D1"``, ``"64D4"``, ``"64D1_32D8"``,
+        optionally ending in ``+stem`` (``"64D1+stem"``: ``include_stem=True``); ``active_steps``
+        defaults to :data:`DEFAULT_ACTIVE_STEPS`."""
         if not isinstance(preset, str):
             raise ValueError(f"a TAR preset must be a string such as {PRESETS[0]!r}, got {preset!r}")
+        body = preset.strip()
+        include_stem = body.lower().endswith(STEM_SUFFIX)
+        if include_stem:
+            body = body[: -len(STEM_SUFFIX)]
         sigmas: dict[int, float] = {}
-        for part in preset.strip().split("_"):
+        for part in body.split("_"):
             match = _PRESET_PART.fullmatch(part)
             if match is None:
                 raise ValueError(
                     f"unknown TAR preset {preset!r}; expected <level>D<sigma> parts joined by '_', "
-                    f"e.g. {', '.join(map(repr, PRESETS))}, or 'off'"
+                    f"e.g. {', '.join(map(repr, PRESETS))}, optionally ending in {STEM_SUFFIX!r}, or 'off'"
                 )
             level = int(match.group(1))
             if level in sigmas:
                 raise ValueError(f"TAR preset {preset!r} names level {level} twice")
             sigmas[level] = float(match.group(2))
-        return cls(sigmas=sigmas, active_steps=active_steps)
+        active_steps = DEFAULT_ACTIVE_STEPS if active_steps is None else active_steps
+        return cls(sigmas=sigmas, active_steps=active_steps, include_stem=include_stem)
 
     @property
     def levels(self) -> frozenset[int]:
         return frozenset(self.sigmas)
+
+    def settings(self) -> dict:
+        """Every setting as plain JSON values, e.g. for content keys: equal settings give equal
+        dicts whatever string they were parsed from (``"64D1"``, ``"64d1.0"``); a matrix as rows."""
+        return {
+            "sigmas": {str(level): sigma for level, sigma in sorted(self.sigmas.items())},
+            "mode": self.mode,
+            "replace": self.replace,
+            "matrix": None if self.matrix is None else self.matrix.tolist(),
+            "active_steps": self.active_steps,
+            "include_stem": self.include_stem,
+        }
 
     def num_active_steps(self, num_steps: int) -> int:
         """How many leading steps of a ``num_steps``-step schedule TAR runs in."""
@@ -165,10 +194,11 @@ def parse_tar(spec: TARConfig | str | Mapping[int, float] | None) -> TARConfig |
     raise ValueError(f"cannot read a TAR setting from {spec!r}; give a preset string, a mapping or None")
 
 
-def temporal_attention_levels(unet: torch.nn.Module) -> dict[str, int]:
+def temporal_attention_levels(unet: torch.nn.Module, *, include_stem: bool = True) -> dict[str, int]:
     """Processor name → level for every temporal self-attention layer of ``unet``.
 
-    Names are those of ``unet.attn_processors``. The depth of a block is its number of 2×
+    Names are those of ``unet.attn_processors``. ``include_stem=False`` leaves out the initial
+    temporal transformer (``transformer_in``), as TAR does by default. The depth of a block is its number of 2×
     downsamplings from the full latent: ``transformer_in`` and ``down_blocks.i`` have depth i,
     ``mid_block`` the depth of the last down block, ``up_blocks.j`` mirrors ``down_blocks``.
     Level = 64 >> depth.
@@ -181,6 +211,8 @@ def temporal_attention_levels(unet: torch.nn.Module) -> dict[str, int]:
         if match is None:
             continue
         if match["stem"] is not None:
+            if not include_stem:
+                continue
             depth = 0
         elif match["down"] is not None:
             depth = int(match["down"])
@@ -363,7 +395,7 @@ class TARHandle:
             self._install(config)
 
     def _install(self, config: TARConfig) -> None:
-        all_levels = temporal_attention_levels(self._unet)
+        all_levels = temporal_attention_levels(self._unet, include_stem=config.include_stem)
         if not all_levels:
             raise ValueError(f"{type(self._unet).__name__} has no temporal attention layers to regularise")
         missing = sorted(config.levels - set(all_levels.values()), reverse=True)

@@ -31,6 +31,8 @@ FRAMES = 8
 STEPS = 3
 # The first level-64 temporal layer of a UNet3DConditionModel.
 STEM_LAYER = "transformer_in.transformer_blocks.0.attn1.processor"
+# The first level-64 temporal layer that TAR regularises (it leaves the stem alone).
+BLOCK_LAYER = "down_blocks.0.temp_attentions.0.transformer_blocks.0.attn1.processor"
 
 
 @pytest.fixture(scope="module")
@@ -145,9 +147,11 @@ def test_only_the_chosen_steps_are_recorded(tiny):
 
 
 @torch.no_grad()
-def test_recorded_map_under_tar_is_the_regularised_map(tiny):
-    """A' of one layer, recomputed from the hidden states that layer received."""
-    attn = tiny.unet.get_submodule(STEM_LAYER.removesuffix(".processor"))
+@pytest.mark.parametrize(("layer", "regularised"), [(BLOCK_LAYER, True), (STEM_LAYER, False)], ids=["block", "stem"])
+def test_recorded_map_under_tar_is_the_regularised_map(tiny, layer, regularised):
+    """A' of one layer, recomputed from the hidden states that layer received; the stem
+    (``transformer_in``), which TAR leaves alone, keeps its plain map."""
+    attn = tiny.unet.get_submodule(layer.removesuffix(".processor"))
     seen = []
     hook = attn.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
     sample, text = _unet_inputs(tiny)
@@ -163,12 +167,15 @@ def test_recorded_map_under_tar_is_the_regularised_map(tiny):
     def split(x):
         return x.view(x.shape[0], x.shape[1], heads, -1).transpose(1, 2)
 
+    def plain_map(hidden):
+        query, key = split(attn.to_q(hidden)), split(attn.to_k(hidden))
+        return torch.softmax(query @ key.transpose(-1, -2) / math.sqrt(query.shape[-1]), dim=-1).mean(dim=(0, 1))
+
     query, key = split(attn.to_q(seen[0])), split(attn.to_k(seen[0]))
     expected = tar_attention_probs(query, key, gaussian_band(FRAMES, 1.0)).mean(dim=(0, 1))
-    torch.testing.assert_close(recorder.maps[(0, STEM_LAYER)], expected)
-    logits = query @ key.transpose(-1, -2) / math.sqrt(query.shape[-1])
-    vanilla = torch.softmax(logits, dim=-1).mean(dim=(0, 1))
-    torch.testing.assert_close(plain.maps[(0, STEM_LAYER)], vanilla)
+    torch.testing.assert_close(recorder.maps[(0, layer)], expected if regularised else plain_map(seen[0]))
+    torch.testing.assert_close(plain.maps[(0, layer)], plain_map(seen[1]))
+    assert not torch.allclose(expected, plain_map(seen[0]), atol=1e-4)  # A' and A differ here
 
 
 @torch.no_grad()
@@ -202,9 +209,9 @@ def test_replacement_records_exactly_the_replacing_map(tiny, replace):
     config = TARConfig(sigmas={64: 1.0, 16: 1.0}, replace=replace, active_steps=1)
     _, recorder = generated_video_attention(tiny, ["a fox"], _config(steps=2), seed=0, tar=config)
     expected = torch.eye(FRAMES) if replace == "identity" else torch.full((FRAMES, FRAMES), 1 / FRAMES)
+    replaced = temporal_attention_levels(tiny.unet, include_stem=False)  # the stem is left alone too
     for (step, name), attention in recorder.maps.items():
-        level = recorder.levels[name]
-        if step == 0 and level in (64, 16):
+        if step == 0 and replaced.get(name) in (64, 16):
             assert torch.equal(attention, expected), name
         else:
             assert not torch.equal(attention, expected), (step, name)

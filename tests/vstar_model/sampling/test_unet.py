@@ -111,6 +111,50 @@ def test_animatediff_refuses_clips_past_its_positional_embedding(tiny_animatedif
     assert video.frames.shape == (8, 64, 64, 3)
 
 
+def _first_guided_step(tiny, monkeypatch, guidance_scale: float) -> dict:
+    """What ``generate_video``'s first DDIM step received: the guided noise and the latents."""
+    from diffusers import DDIMScheduler
+
+    seen = {}
+    real_step = DDIMScheduler.step
+
+    def recording_step(self, model_output, timestep, sample, *args, **kwargs):
+        seen.setdefault("noise", model_output.clone())
+        seen.setdefault("latents", sample.clone())
+        seen.setdefault("timestep", timestep)
+        return real_step(self, model_output, timestep, sample, *args, **kwargs)
+
+    monkeypatch.setattr(DDIMScheduler, "step", recording_step)
+    config = SamplingConfig(
+        num_frames=8, height=64, width=64, num_inference_steps=2, guidance_scale=guidance_scale,
+        negative_prompt="a blurry still photo",
+    )
+    generate_video(tiny, ["a red fox running"], config, seed=0)
+    return seen
+
+
+@pytest.mark.parametrize("guidance_scale", [0.0, 1.0, 9.0])
+def test_guided_noise_is_uncond_plus_g_times_cond_minus_uncond(tiny, monkeypatch, guidance_scale):
+    """One guided step against ε_u + g·(ε_c − ε_u), each branch its own UNet call on its own text:
+    the unconditional branch is the negative prompt, g = 0 gives it, g = 1 the conditional
+    prediction, and larger g goes past ε_c, away from ε_u."""
+    seen = _first_guided_step(tiny, monkeypatch, guidance_scale)
+    latents, timestep = seen["latents"], seen["timestep"]
+    with torch.no_grad():
+        uncond, cond = (
+            tiny.unet(latents, timestep, encoder_hidden_states=encode_text(tiny, [text])).sample
+            for text in ("a blurry still photo", "a red fox running")
+        )
+    assert (cond - uncond).abs().mean() > 1e-3  # the two branches really differ
+    expected = uncond + guidance_scale * (cond - uncond)
+    torch.testing.assert_close(seen["noise"], expected, atol=1e-4, rtol=1e-4)
+    if guidance_scale == 1.0:
+        torch.testing.assert_close(seen["noise"], cond, atol=1e-5, rtol=1e-5)
+    if guidance_scale > 1.0:  # pushed towards the conditional prediction and beyond it
+        towards = torch.nn.functional.cosine_similarity((seen["noise"] - cond).flatten(), (cond - uncond).flatten(), dim=0)
+        assert towards > 0.999
+
+
 def test_tar_is_applied_in_the_step_window_only(tiny, monkeypatch):
     import vstar_model.tar.unet as tar_module
 
@@ -124,7 +168,8 @@ def test_tar_is_applied_in_the_step_window_only(tiny, monkeypatch):
     monkeypatch.setattr(tar_module, "tar_attention", counting)
     config = tar_module.TARConfig(sigmas={64: 1.0}, active_steps=2)
     with_tar = generate_video(tiny, ["a", "b"], _config(8, steps=4), seed=0, tar=config).frames
-    layers_at_64 = sum(level == 64 for level in tar_module.temporal_attention_levels(tiny.unet).values())
+    levels = tar_module.temporal_attention_levels(tiny.unet, include_stem=False)  # TAR's layers
+    layers_at_64 = sum(level == 64 for level in levels.values())
     assert len(calls) == 2 * layers_at_64  # two of four steps, every level-64 temporal layer
     calls.clear()
     without = generate_video(tiny, ["a", "b"], _config(8, steps=4), seed=0, tar=None).frames

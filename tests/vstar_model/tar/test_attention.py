@@ -128,6 +128,56 @@ def test_output_is_laid_out_for_free_head_merging():
     assert out.transpose(1, 2).is_contiguous()
 
 
+def _diffusers_layout(batch, heads, frames, head_dim, seed=0):
+    """What AttnProcessor2_0 passes: each projection [batch, N, heads·d] viewed per head."""
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        torch.randn(batch, frames, heads * head_dim, generator=generator, dtype=torch.float64)
+        .view(batch, -1, heads, head_dim)
+        .transpose(1, 2)
+        for _ in range(3)
+    ]
+
+
+@pytest.mark.parametrize("heads", [1, 3])
+@pytest.mark.parametrize("layout", ["diffusers", "contiguous", "head-major"])
+def test_every_layout_and_chunking_gives_the_reference(monkeypatch, heads, layout):
+    """Strided inputs, folded or copied heads, chunks of videos or of heads whose last one is
+    short: all equal ``tar_attention_probs(...) @ value`` (with a mask, too)."""
+    if layout == "diffusers":
+        query, key, value = _diffusers_layout(5, heads, 6, 4)
+    elif layout == "contiguous":
+        query, key, value = _qkv(batch=5, heads=heads, frames=6, head_dim=4)
+    else:  # heads outermost in memory, batch inside: neither SDPA's layout nor diffusers'
+        query, key, value = (t.transpose(0, 1).contiguous().transpose(0, 1) for t in _qkv(5, heads, 6, 4))
+    band = gaussian_band(6, 1.0, dtype=torch.float64)
+    # A different mask per video and head (each frame may attend to itself), so rows must line up.
+    generator = torch.Generator().manual_seed(3)
+    mask = (torch.rand(5, heads, 6, 6, generator=generator) > 0.5) | torch.eye(6, dtype=torch.bool)
+    expected = tar_attention_probs(query, key, band) @ value
+    masked = tar_attention_probs(query, key, band, attn_mask=mask) @ value
+    # Chunks of one head, two heads (of three: the last chunk short), one, two and five videos.
+    for chunk_maps in (1, 2, heads, 2 * heads, 5 * heads):
+        monkeypatch.setattr(attention, "_CPU_CHUNK_ELEMENTS", chunk_maps * 6 * 6)
+        out = tar_attention(query, key, value, band)
+        torch.testing.assert_close(out, expected)
+        assert out.transpose(1, 2).is_contiguous()  # SDPA's output layout, whatever came in
+        torch.testing.assert_close(tar_attention(query, key, value, band, attn_mask=mask), masked)
+
+
+def test_the_accelerator_path_gives_the_reference_too():
+    """The one-pass path that GPUs take, run here on CPU tensors."""
+    query, key, value = _diffusers_layout(4, 3, 6, 4)
+    band = gaussian_band(6, 1.0, dtype=torch.float64)
+    mask = torch.ones(6, 6, dtype=torch.bool).tril()
+    for attn_mask in (None, mask.expand(4, 3, 6, 6)):
+        output = torch.empty(4, 6, 3, 4, dtype=torch.float64).transpose(1, 2)
+        out = attention._tar_attention_batched(query, key, value, band, 0.5, attn_mask, output)
+        expected = tar_attention_probs(query, key, band, scale=0.5, attn_mask=attn_mask) @ value
+        torch.testing.assert_close(out, expected)
+        assert out.data_ptr() == output.data_ptr()
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision(dtype):
     query, key, value = _qkv(dtype=torch.float32)

@@ -71,7 +71,25 @@ def _run_motion(unet, latents, text):
 def test_presets(preset, sigmas):
     config = TARConfig.from_preset(preset)
     assert config.sigmas == sigmas and config.mode == "gaussian" and config.replace is None
+    assert not config.include_stem
     assert parse_tar(preset).sigmas == sigmas
+
+
+@pytest.mark.parametrize("preset", ["64D1+stem", " 64D1_32D8+STEM "])
+def test_stem_suffix_includes_transformer_in(preset):
+    config = parse_tar(preset)
+    assert config.include_stem and 64 in config.sigmas
+
+
+def test_settings_are_plain_values_equal_for_equal_configs():
+    settings = parse_tar("64D1_32D8").settings()
+    assert settings == parse_tar("32d8.0_64D1").settings()
+    assert settings == {
+        "sigmas": {"32": 8.0, "64": 1.0}, "mode": "gaussian", "replace": None, "matrix": None,
+        "active_steps": 0.56, "include_stem": False,
+    }
+    assert parse_tar("64D1+stem").settings()["include_stem"] is True
+    assert TARConfig(sigmas={64: 1.0}, active_steps=5).settings()["active_steps"] == 5
 
 
 @pytest.mark.parametrize("spec", [None, "off", "none", " OFF ", "None"])
@@ -100,6 +118,8 @@ def test_config_copies_the_mapping():
         ("128D1", "unknown TAR level 128"),
         ("64D0", "sigma must be > 0, got 0.0"),
         ("64D1_64D2", "'64D1_64D2' names level 64 twice"),
+        ("64D1+stem+stem", "unknown TAR preset"),
+        ("+stem", "unknown TAR preset"),
         ({64: -1.0}, "sigma must be > 0, got -1.0"),
         ({64: math.nan}, "sigma must be > 0, got nan"),
         ({64: 0}, "sigma must be > 0, got 0"),
@@ -128,6 +148,7 @@ def test_invalid_specs_name_the_bad_value(spec, message):
         ({"active_steps": math.nan}, r"got nan"),
         ({"active_steps": True}, "got True"),
         ({"active_steps": "half"}, "got 'half'"),
+        ({"include_stem": 1}, "include_stem must be True or False, got 1"),
     ],
 )
 def test_invalid_config_fields(kwargs, message):
@@ -159,6 +180,49 @@ def test_unet3d_levels(unet3d):
     for name, level in levels.items():
         if level in prefixes:
             assert name.startswith(prefixes[level]), name
+
+
+def _modelscope_layout_unet():
+    """A UNet3D with ModelScope's block layout (2 layers per block, 4 levels), on the meta device:
+    its module names without memory for 1.4 B parameters."""
+    from diffusers import UNet3DConditionModel
+
+    with torch.device("meta"):
+        return UNet3DConditionModel(
+            block_out_channels=(320, 640, 1280, 1280),
+            layers_per_block=2,
+            cross_attention_dim=1024,
+            attention_head_dim=64,
+        )
+
+
+def _block_temporal_layers(prefix: str, transformers: int) -> set[str]:
+    return {
+        f"{prefix}.temp_attentions.{i}.transformer_blocks.0.{attn}.processor"
+        for i in range(transformers)
+        for attn in ("attn1", "attn2")
+    }
+
+
+def test_tar_regularises_the_authors_layer_set_on_the_modelscope_layout():
+    """The authors' code patches attn1 and attn2 of the 16 temporal transformers in the down, mid
+    and up blocks (32 layers) and never the initial one (``transformer_in``, LVDM's init_attn)."""
+    unet = _modelscope_layout_unet()
+    down = [_block_temporal_layers(f"down_blocks.{i}", 2) for i in range(3)]  # DownBlock3D has none
+    up = [set()] + [_block_temporal_layers(f"up_blocks.{i}", 3) for i in (1, 2, 3)]  # UpBlock3D: none
+    mid = _block_temporal_layers("mid_block", 1)
+    everywhere = TARConfig(sigmas=dict.fromkeys((64, 32, 16, 8), 1.0))
+    with apply_tar(unet, everywhere) as handle:
+        assert set(handle.levels) == set().union(*down, *up, mid) and len(handle.levels) == 32
+    with apply_tar(unet, "64D1") as handle:
+        assert set(handle.levels) == down[0] | up[3] and len(handle.levels) == 10
+    stem = {f"transformer_in.transformer_blocks.0.{attn}.processor" for attn in ("attn1", "attn2")}
+    with apply_tar(unet, "64D1+stem") as handle:
+        assert set(handle.levels) == down[0] | up[3] | stem
+    assert not any(isinstance(p, TARAttnProcessor) for p in unet.attn_processors.values())
+    # The analysis still sees the stem: 34 temporal layers, as in the authors' patched count.
+    assert len(temporal_attention_levels(unet)) == 34
+    assert set(temporal_attention_levels(unet, include_stem=False)) == set().union(*down, *up, mid)
 
 
 def test_motion_unet_levels(motion_unet):
@@ -206,8 +270,9 @@ def test_installs_on_exactly_the_chosen_temporal_layers(unet3d):
     with apply_tar(unet3d, "64D1_32D8") as handle:
         during = unet3d.attn_processors
         tar_names = {n for n, p in during.items() if isinstance(p, TARAttnProcessor)}
-        assert tar_names == {n for n, level in levels.items() if level in (64, 32)}
-        assert len(tar_names) == 14 and handle.levels == {n: levels[n] for n in tar_names}
+        expected = {n for n, level in levels.items() if level in (64, 32) and not n.startswith("transformer_in.")}
+        assert tar_names == expected
+        assert len(tar_names) == 12 and handle.levels == {n: levels[n] for n in tar_names}
         assert all(during[n] is before[n] for n in during if n not in tar_names)
         one = during[next(n for n in tar_names if levels[n] == 64)].band(
             5, torch.device("cpu"), torch.float64
@@ -272,7 +337,8 @@ def test_image_unet_is_rejected(image_unet):
 
 
 def _temporal_attention(unet3d):
-    return unet3d.get_submodule("transformer_in.transformer_blocks.0.attn1")
+    """The first temporal layer TAR regularises at level 64 (not the stem, which it leaves alone)."""
+    return unet3d.get_submodule("down_blocks.0.temp_attentions.0.transformer_blocks.0.attn1")
 
 
 def _manual_heads(attn, hidden):

@@ -10,13 +10,10 @@ from vstar_model.vsp.embeddings import interpolate_embeddings, keyframe_indices
 
 
 def reference_keyframes(num_states: int, num_frames: int) -> list[int]:
-    """round(k (N-1) / (K-1)) with halves rounded up, in exact rational arithmetic."""
+    """floor(k (N-1) / (K-1)) in exact rational arithmetic (the authors' truncation)."""
     if num_states == 1:
         return [0]
-    return [
-        math.floor(Fraction(k * (num_frames - 1), num_states - 1) + Fraction(1, 2))
-        for k in range(num_states)
-    ]
+    return [math.floor(Fraction(k * (num_frames - 1), num_states - 1)) for k in range(num_states)]
 
 
 def reference_interpolation(states: torch.Tensor, num_frames: int) -> torch.Tensor:
@@ -52,11 +49,25 @@ def test_keyframes_start_at_zero_end_at_last_frame_and_strictly_increase(num_sta
         assert bool((indices[1:] > indices[:-1]).all()), (num_states, num_frames)
 
 
-def test_keyframe_halves_round_up_not_to_even():
-    # K=3, N=6: the middle state sits at 2.5; Python's round() would give 2, the formula gives 3.
-    assert keyframe_indices(3, 6).tolist() == [0, 3, 5]
-    # K=5, N=7: the states sit at 0, 1.5, 3, 4.5, 6 (round() would give 0, 2, 3, 4, 6).
-    assert keyframe_indices(5, 7).tolist() == [0, 2, 3, 5, 6]
+def test_keyframes_truncate_as_the_authors_do():
+    # The issue's example: states at 0, 9.4, 18.8, 28.2, 37.6, 47; rounding would give 0, 9, 19, 28, 38, 47.
+    assert keyframe_indices(6, 48).tolist() == [0, 9, 18, 28, 37, 47]
+    # K=3, N=6: the middle state sits at 2.5 and goes to frame 2.
+    assert keyframe_indices(3, 6).tolist() == [0, 2, 5]
+
+
+@pytest.mark.parametrize("num_states", [2, 3, 4, 5, 6, 7, 8])
+def test_keyframes_equal_the_authors_linspace_cast_up_to_127_frames(num_states):
+    """Their ``torch.linspace(0, N - 1, K)`` cast to int8, where int8 does not wrap yet."""
+    for num_frames in range(num_states, 128):
+        authors = torch.linspace(0, num_frames - 1, num_states).to(torch.int8)
+        assert keyframe_indices(num_states, num_frames).tolist() == authors.tolist(), num_frames
+
+
+def test_keyframes_past_frame_127_do_not_wrap():
+    # int8 would make the last keyframes of 200 frames negative (-107, -57).
+    assert keyframe_indices(5, 200).tolist() == [0, 49, 99, 149, 199]
+    assert keyframe_indices(8, 100_000).tolist() == [k * 99_999 // 7 for k in range(8)]
 
 
 def test_keyframes_reject_fewer_frames_than_states():
