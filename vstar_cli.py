@@ -103,21 +103,29 @@ def _checked_catalog(path: str, max_frames: int = 256):
 def produce(
     catalog: str = typer.Argument(..., help="catalog file or URL (YAML, JSON, CSV, Parquet)"),
     out: str = typer.Option("./outputs", "--out", help="output root: local path or fsspec URL"),
-    model: str = typer.Option("tiny", help="model preset: tiny, modelscope, zeroscope, videocrafter2, animatediff"),
+    model: str = typer.Option(
+        "tiny", help="model preset: tiny, modelscope, zeroscope, videocrafter2, animatediff, tiny-wan, wan2.1-1.3b, "
+                     "wan2.1-14b"
+    ),
     model_path: Optional[str] = typer.Option(None, help="local directory of the model's weights"),
     frames: Optional[int] = typer.Option(None, min=1, help="frames per video (default: the preset's)"),
     max_frames: int = typer.Option(256, min=1, help="largest frames a catalog entry may ask for"),
     samples: int = typer.Option(1, min=1, help="videos per prompt (seeds seed, seed+1, …)"),
     seed: int = typer.Option(0, min=0),
-    tar: str = typer.Option("64D1", help="TAR preset, e.g. 64D1, 64D4, 64D1_32D8, off"),
+    tar: Optional[str] = typer.Option(
+        None, help="TAR preset: UNet levels (64D1, 64D4, 64D1_32D8), DiT blocks (b0-9D1s0.5), off "
+                   "(default: the model's: 64D1 for UNets)"
+    ),
     variant: list[str] = typer.Option(
-        ["vstar"], help="ablation variant(s), same seeds: vstar (VSP+TAR), tar, vsp, baseline; repeat for several"
+        ["vstar"], help="ablation variant(s), same seeds: vstar (VSP+TAR), tar, vsp, baseline; with RIFLEx (Wan): "
+                        "riflex, tar_riflex, vstar_riflex; repeat for several"
     ),
     steps: Optional[int] = typer.Option(None, min=1, help="denoising steps"),
     height: Optional[int] = typer.Option(None, min=8),
     width: Optional[int] = typer.Option(None, min=8),
     device: Optional[str] = typer.Option(None, help="cuda, cuda:1, cpu (default: cuda if available)"),
     dtype: Optional[str] = typer.Option(None, help="float16, bfloat16, float32"),
+    flow_shift: Optional[float] = typer.Option(None, help="flow-matching shift (Wan; default 3.0, 5.0 suits 720P)"),
     llm_model: str = typer.Option("openai/gpt-4o-mini", help="litellm model string for synopses"),
     llm_api_base: Optional[str] = typer.Option(None, help="OpenAI-compatible base URL (vLLM, Ollama…)"),
     metric: str = typer.Option("dreamsim_ensemble", help="dreamsim_<type>, pixel_cosine or none"),
@@ -132,16 +140,17 @@ def produce(
     entries = _checked_catalog(catalog, max_frames)  # before Prefect starts or anything is written
     from flows.produce import produce_dataset
     from tasks.evaluate import EvaluationSettings
-    from tasks.jobs import ModelSettings, check_backbones
+    from tasks.jobs import ModelSettings, check_backbones, check_entries
     from tasks.synopsize import LLMSettings
     from vstar_model.backbones.loading import BackboneNotFound
     from vstar_model.evaluation.dreamsim_weights import DreamSimWeightsMissing
 
     model_settings = ModelSettings(preset=model, path=model_path, device=device, dtype=dtype, steps=steps,
-                                   height=height, width=width)
+                                   height=height, width=width, flow_shift=flow_shift)
     try:
         check_backbones(list(entries), model_settings)  # missing weights: a message, not a traceback
-    except BackboneNotFound as error:
+        check_entries(list(entries), frames=frames, tar=tar, variants=variant, model=model_settings)
+    except (BackboneNotFound, ValueError) as error:
         _fail(str(error))
     try:
         with local_flow_settings(), video_progress(_count_videos(entries, samples, len(variant))):

@@ -17,6 +17,7 @@ from tasks.generate import generate_sample
 from tasks.jobs import (
     ModelSettings,
     check_backbones,
+    check_entries,
     entry_frames,
     plan_jobs,
     results_or_failures,
@@ -29,7 +30,7 @@ from tasks.shards import run_shard, split_jobs
 from tasks.outputs import finish_run, publish_artifacts, write_plots, write_rows
 from tasks.synopsize import LLMSettings, failed_synopsis_row, synopsize_entry
 from vstar_data.runs import RunPaths, new_run_id
-from vstar_model.sampling.unet import VARIANTS
+from vstar_model.sampling import VARIANTS
 
 
 class ProduceParameters(BaseModel):
@@ -43,10 +44,14 @@ class ProduceParameters(BaseModel):
     max_frames: int = Field(256, ge=1, description="largest frames a catalog entry may ask for")
     samples_per_prompt: int = Field(1, ge=1)
     seed: int = Field(0, ge=0, description="first seed; an entry's samples use seed, seed+1, …")
-    tar: str = Field("64D1", description="TAR preset (64D1, 64D4, 64D1_32D8, off) or e.g. '64D2_32D8'")
-    variants: list[Literal["vstar", "tar", "vsp", "baseline"]] = Field(
+    tar: str | None = Field(
+        None, description="TAR preset: UNet levels (64D1, 64D4, 64D1_32D8), DiT blocks (b0-9D1s0.5), off; "
+                          "default: the model preset's"
+    )
+    variants: list[Literal[tuple(VARIANTS)]] = Field(  # type: ignore[valid-type]
         ["vstar"], min_length=1,
-        description="ablation variants, same seeds (paper Fig. 11): vstar = VSP + TAR, tar, vsp, baseline",
+        description="ablation variants, same seeds (paper Fig. 11): vstar = VSP + TAR, tar, vsp, baseline; "
+                    "with RIFLEx (DiTs): riflex, tar_riflex, vstar_riflex",
     )
     gpu_slots: int = Field(1, ge=1, description="videos generated at once, over all machines (size it to the GPUs)")
     shards: int = Field(1, ge=1, description="machines to spread generation over (with shard_deployment)")
@@ -59,7 +64,7 @@ class ProduceParameters(BaseModel):
 
     def uses_vsp(self) -> bool:
         """Whether any variant needs synopses (otherwise no LLM call is made)."""
-        return any(VARIANTS[variant][0] for variant in self.variants)
+        return any(VARIANTS[variant].vsp for variant in self.variants)
 
 
 @flow(name="produce-dataset")
@@ -70,7 +75,7 @@ def produce_dataset(
     max_frames: int = 256,
     samples_per_prompt: int = 1,
     seed: int = 0,
-    tar: str = "64D1",
+    tar: str | None = None,
     variants: list[str] = ["vstar"],  # noqa: B006  (Prefect parameters: a literal default for the schema)
     gpu_slots: int = 1,
     shards: int = 1,
@@ -88,6 +93,7 @@ def produce_dataset(
     logger = get_run_logger()
     entries = read_catalog(p.catalog, p.max_frames)  # a bad catalog stops the run before anything is written
     check_backbones(entries, p.model)  # so do missing model weights
+    check_entries(entries, frames=p.frames, tar=p.tar, variants=p.variants, model=p.model)  # and impossible videos
     metric = check_evaluation(p.evaluation)  # and missing metric weights
     if p.evaluation.reference:
         check_reference(p.evaluation.reference, metric)  # and an unusable reference

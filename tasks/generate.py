@@ -19,8 +19,8 @@ from vstar_data.keys import sample_key
 from vstar_data.runs import CachePaths, RunPaths
 from vstar_data.storage import StorageError, exists, read_bytes, write_bytes_atomic
 from vstar_model.backbones.loading import pick_device, resolve_location
-from vstar_model.backbones.presets import get_preset
-from vstar_model.sampling.unet import SamplingConfig, generate_video
+from vstar_model.backbones.presets import Family, get_preset
+from vstar_model.sampling import generate_video
 from vstar_model.video.writer import encode_mp4, frame_strip
 
 
@@ -48,31 +48,61 @@ class SampleJob(BaseModel):
     fps: int
     tar: str = "off"
     vsp: bool = True
-    variant: str = "vstar"  # name only: vsp and tar above say what it means
+    variant: str = "vstar"  # name only: vsp, tar and riflex say what it means
+    flow_shift: float | None = None  # flow-matching backbones (Wan) only
+    riflex: bool = False  # diffusion transformers only
 
-    def sampling(self) -> SamplingConfig:
-        return SamplingConfig(
-            num_frames=self.num_frames,
-            height=self.height,
-            width=self.width,
-            num_inference_steps=self.num_inference_steps,
-            guidance_scale=self.guidance_scale,
-            eta=self.eta,
-            negative_prompt=self.negative_prompt,
-        )
+    @property
+    def family(self) -> Family:
+        return get_preset(self.model).family
+
+    def sampling(self):
+        """The sampling config of this job's backbone family (:mod:`vstar_model.sampling`)."""
+        common = dict(num_frames=self.num_frames, height=self.height, width=self.width,
+                      num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale,
+                      negative_prompt=self.negative_prompt)
+        if self.family == "wan":
+            from vstar_model.sampling.dit import FlowMatchingConfig
+
+            return FlowMatchingConfig(**common, flow_shift=self.flow_shift, riflex=self.riflex)
+        from vstar_model.sampling.unet import SamplingConfig
+
+        return SamplingConfig(**common, eta=self.eta)
 
     def key(self) -> str:
         """Content key: same inputs, same weights location, same device → same video."""
         location = resolve_location(get_preset(self.model), self.model_path)
         inputs = self.model_dump(exclude={"entry_id", "synopsis_source", "model_path", "device", "dtype", "variant"})
+        # Left out where unused, so UNet jobs keep the keys (and cached videos) they had before Wan.
+        for name in ("flow_shift", "riflex"):
+            if not inputs[name]:
+                del inputs[name]
         return sample_key(**inputs, model_location=str(location), device=pick_device(self.device).type,
                           dtype=self.dtype or "default")
+
+
+def tar_layers_and_sigmas(family: Family, tar: str) -> tuple[list[str], list[float]]:
+    """Where TAR acts and with which σ, for the record: UNet levels ("64", "32") or DiT block
+    ranges ("b0-9"), each with its σ; empty when TAR is off."""
+    if family == "wan":
+        from vstar_model.tar.dit import parse_dit_tar
+
+        config = parse_dit_tar(tar)
+        ranges = [] if config is None else config.ranges
+        return [f"b{r.first}-{r.last}" for r in ranges], [r.sigma for r in ranges]
+    from vstar_model.tar.unet import parse_tar
+
+    config = parse_tar(tar)
+    sigmas = {} if config is None else config.sigmas
+    return [str(level) for level in sigmas], [float(sigma) for sigma in sigmas.values()]
 
 
 def sample_row(job: SampleJob, run: RunPaths, key: str, record: dict | None, error: str | None = None) -> dict:
     """The samples.parquet row of ``job``: from its generation record, or failed with ``error``."""
     record = record or {}
     ok = error is None
+    family = job.family
+    tar_layers, tar_sigmas = tar_layers_and_sigmas(family, job.tar)
     return {
         "run_id": run.run_id,
         "sample_key": key,
@@ -88,9 +118,14 @@ def sample_row(job: SampleJob, run: RunPaths, key: str, record: dict | None, err
         "num_inference_steps": job.num_inference_steps,
         "guidance_scale": job.guidance_scale,
         "model_preset": job.model,
+        "model_family": family,
         "model_revision": record.get("model_revision"),
         "tar": job.tar,
+        "tar_layers": tar_layers,
+        "tar_sigmas": tar_sigmas,
         "vsp": job.vsp,
+        "riflex": job.riflex,
+        "flow_shift": job.flow_shift,
         "variant": job.variant,
         "video_uri": run.video(job.entry_id, job.seed, job.variant) if ok else None,
         "strip_uri": run.strip(job.entry_id, job.seed, job.variant) if ok else None,

@@ -12,8 +12,8 @@ from pydantic import BaseModel, ConfigDict
 from tasks.generate import SampleJob, sample_row
 from vstar_data.catalog import CatalogEntry
 from vstar_data.runs import RunPaths
-from vstar_model.backbones.presets import get_preset
-from vstar_model.sampling.unet import VARIANTS
+from vstar_model.backbones.presets import BackbonePreset, get_preset
+from vstar_model.sampling import VARIANTS
 
 
 class ModelSettings(BaseModel):
@@ -31,7 +31,11 @@ class ModelSettings(BaseModel):
     guidance_scale: float | None = None
     eta: float = 1.0
     fps: int | None = None
-    negative_prompt: str = ""
+    negative_prompt: str | None = None  # None: the preset's (Wan's own negative prompt, "" for UNets)
+    flow_shift: float | None = None  # flow-matching backbones (Wan); None: the preset's
+
+    def negative_prompt_for(self, preset: BackbonePreset) -> str:
+        return preset.negative_prompt if self.negative_prompt is None else self.negative_prompt
 
 
 def check_backbones(entries: list[CatalogEntry], model: ModelSettings) -> None:
@@ -41,6 +45,46 @@ def check_backbones(entries: list[CatalogEntry], model: ModelSettings) -> None:
 
     for preset in sorted({entry.model or model.preset for entry in entries}):
         resolve_location(get_preset(preset), model.path)
+
+
+def check_entries(entries: list[CatalogEntry], *, frames: int | None, tar: str | None, variants: list[str],
+                  model: ModelSettings) -> None:
+    """Refuse, before any work, what an entry's backbone cannot do: a frame count its VAE cannot
+    make (Wan: 4k+1), a TAR preset of the other kind (UNet levels vs DiT blocks), RIFLEx on a UNet.
+
+    Raises:
+        ValueError: listing every problem, one line per entry.
+    """
+    unknown = [name for name in variants if name not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
+    problems = []
+    riflex = [name for name in variants if VARIANTS[name].riflex]
+    for entry in entries:
+        preset = get_preset(entry.model or model.preset)
+        try:
+            preset.check_frames(entry_frames(entry, frames, model))
+            if any(VARIANTS[name].tar for name in variants):
+                check_tar(preset, entry.tar or tar or preset.default_tar)
+            if riflex and preset.riflex_index is None:
+                raise ValueError(f"variant(s) {', '.join(riflex)} use RIFLEx, which model {preset.name!r} "
+                                 "has no rotary embedding for")
+        except ValueError as problem:
+            problems.append(f"entry {entry.id!r}: {problem}")
+    if problems:
+        raise ValueError("\n".join(problems))
+
+
+def check_tar(preset: BackbonePreset, tar: str) -> None:
+    """Raise ValueError unless ``tar`` is a TAR preset for ``preset``'s kind of backbone."""
+    if preset.family == "wan":
+        from vstar_model.tar.dit import parse_dit_tar
+
+        parse_dit_tar(tar)
+    else:
+        from vstar_model.tar.unet import parse_tar
+
+        parse_tar(tar)
 
 
 def entry_frames(entry: CatalogEntry, frames: int | None, model: ModelSettings) -> int:
@@ -63,7 +107,7 @@ def plan_jobs(entries: list[CatalogEntry], synopses: list[dict], parameters) -> 
         preset = get_preset(entry.model or model.preset)
         seeds = entry.resolve_seeds(default_num_samples=parameters.samples_per_prompt, base_seed=parameters.seed)
         for seed, variant in itertools.product(seeds, parameters.variants):
-            use_vsp, use_tar = VARIANTS[variant]
+            use_vsp, use_tar, use_riflex = VARIANTS[variant]
             jobs.append(
                 SampleJob(
                     entry_id=entry.id,
@@ -81,11 +125,13 @@ def plan_jobs(entries: list[CatalogEntry], synopses: list[dict], parameters) -> 
                     num_inference_steps=model.steps or preset.num_inference_steps,
                     guidance_scale=model.guidance_scale or preset.guidance_scale,
                     eta=model.eta,
-                    negative_prompt=entry.negative_prompt or model.negative_prompt,
+                    negative_prompt=entry.negative_prompt or model.negative_prompt_for(preset),
                     fps=model.fps or preset.fps,
-                    tar=(entry.tar or parameters.tar) if use_tar else "off",
+                    tar=(entry.tar or parameters.tar or preset.default_tar) if use_tar else "off",
                     vsp=use_vsp,
                     variant=variant,
+                    flow_shift=(model.flow_shift or preset.flow_shift) if preset.family == "wan" else None,
+                    riflex=use_riflex,
                 )
             )
     return jobs

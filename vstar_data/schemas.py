@@ -70,10 +70,15 @@ SAMPLES_SCHEMA = _schema(
     _required("num_inference_steps", pa.int32()),
     _required("guidance_scale", pa.float64()),
     _required("model_preset", pa.string()),
+    _optional("model_family", pa.string()),  # "unet3d" | "videocrafter" | "animatediff" | "wan"
     _optional("model_revision", pa.string()),
     _optional("tar", pa.string()),  # TAR spec string; null when TAR is off
+    _optional("tar_layers", pa.list_(pa.string())),  # where TAR acts: UNet levels ("64") or DiT block ranges ("b0-9")
+    _optional("tar_sigmas", pa.list_(pa.float64())),  # σ of each of tar_layers
     _required("vsp", pa.bool_()),
-    _optional("variant", pa.string()),  # ablation variant: baseline | tar | vsp | vstar
+    _optional("riflex", pa.bool_()),  # RIFLEx's lowered temporal RoPE frequency (DiTs)
+    _optional("flow_shift", pa.float64()),  # flow-matching schedule shift (Wan); null for DDIM UNets
+    _optional("variant", pa.string()),  # ablation variant: baseline | tar | vsp | vstar | riflex | …
     _optional("video_uri", pa.string()),
     _optional("strip_uri", pa.string()),
     _optional("video_sha256", pa.string()),

@@ -8,26 +8,17 @@ one pass; the same seed on the same device gives the same frames.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from vstar_model.backbones.loading import VideoModel
+from vstar_model.sampling import GeneratedVideo, ProgressCallback
 from vstar_model.vsp.embeddings import interpolate_embeddings
 from vstar_model.vsp.unet import frame_batch, per_frame_text
 from vstar_model.tar.unet import apply_tar
-
-ProgressCallback = Callable[[int, int], None]
-
-# The paper's ablation (Fig. 11), same seed for all: variant → (VSP on, TAR on).
-VARIANTS: dict[str, tuple[bool, bool]] = {
-    "baseline": (False, False),
-    "tar": (False, True),
-    "vsp": (True, False),
-    "vstar": (True, True),
-}
 
 
 @dataclass(frozen=True)
@@ -46,13 +37,10 @@ class SamplingConfig:
     def validate(self, model: VideoModel) -> None:
         factor = model.vae_scale_factor
         problems = []
-        if self.num_frames < 1:
-            problems.append(f"num_frames must be ≥ 1, got {self.num_frames}")
-        if model.preset.max_frames and self.num_frames > model.preset.max_frames:
-            problems.append(
-                f"num_frames={self.num_frames} exceeds {model.preset.name!r}'s limit of "
-                f"{model.preset.max_frames} (its motion modules' positional embedding ends there)"
-            )
+        try:
+            model.preset.check_frames(self.num_frames)
+        except ValueError as problem:
+            problems.append(str(problem))
         for name in ("height", "width"):
             value = getattr(self, name)
             if value <= 0 or value % factor:
@@ -65,14 +53,6 @@ class SamplingConfig:
             problems.append(f"decode_chunk_size must be ≥ 1, got {self.decode_chunk_size}")
         if problems:
             raise ValueError("; ".join(problems))
-
-
-@dataclass
-class GeneratedVideo:
-    frames: torch.Tensor  # (N, H, W, 3) uint8, on the CPU
-    states: list[str]
-    seed: int
-    timings: dict[str, float] = field(default_factory=dict)
 
 
 @torch.no_grad()
