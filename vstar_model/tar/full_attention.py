@@ -23,6 +23,7 @@ Tensors are laid out like ``torch.nn.functional.scaled_dot_product_attention``:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 
@@ -53,9 +54,13 @@ def _check_inputs(
             f"full-attention TAR is self-attention: query {tuple(query.shape)}, key {tuple(key.shape)} and "
             f"value {tuple(value.shape)} must share [batch, heads, L]"
         )
+    _check_band(band, num_frames)
+    return tokens
+
+
+def _check_band(band: torch.Tensor, num_frames: int) -> None:
     if band.shape != (num_frames, num_frames):
         raise ValueError(f"TAR band has shape {tuple(band.shape)} but the video has {num_frames} latent frames")
-    return tokens
 
 
 def _check_row_max(row_max: torch.Tensor, query: torch.Tensor) -> None:
@@ -157,26 +162,59 @@ def tar_attention_3d(
         ``[batch, heads, L, value_head_dim]`` in the dtype of ``value``. Logits are float32 (float64
         for float64 inputs) and held one tile of queries at a time, never L×L.
     """
-    tokens = _check_inputs(query, key, value, band, num_frames)
+    _check_inputs(query, key, value, band, num_frames)
+    batch, heads, length, _ = query.shape
+    output = value.new_empty(batch, heads, length, value.shape[-1])
+    for tile, probs in attention_probability_tiles(
+        query, key, num_frames, band=band, scale=scale, strength=strength, row_max=row_max
+    ):
+        output[..., tile, :] = torch.matmul(probs.to(value.dtype), value)
+    return output
+
+
+def attention_probability_tiles(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    num_frames: int,
+    *,
+    band: torch.Tensor | None = None,
+    scale: float | None = None,
+    strength: float = 1.0,
+    row_max: torch.Tensor | None = None,
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """The attention probabilities of :func:`tar_attention_3d` (``band=None``: plain softmax), a tile
+    of queries at a time.
+
+    Args:
+        query, key: ``[batch, heads, L, head_dim]``, frame-major.
+        num_frames, band, scale, strength, row_max: as for :func:`tar_attention_3d`.
+
+    Yields:
+        ``(queries, probs)``: the slice of query positions and their ``[batch, heads, tile, L]``
+        probabilities (float32, float64 for float64 inputs; rows sum to 1). Each tile is freed when
+        the next one is computed, so memory holds one tile of logits, never L×L.
+    """
+    tokens = tokens_per_frame(query, num_frames)
+    if band is not None:
+        _check_band(band, num_frames)
     if row_max is not None:
         _check_row_max(row_max, query)
     scale = _scale(query, scale)
-    batch, heads, length, _ = query.shape
+    length = query.shape[-2]
     dtype = _logit_dtype(query)
-    weights = band.to(device=query.device, dtype=dtype) * strength
+    weights = None if band is None else band.to(device=query.device, dtype=dtype) * strength
     key_t = key.transpose(-1, -2)
-    output = value.new_empty(batch, heads, length, value.shape[-1])
     query_frame = torch.arange(length, device=query.device) // tokens
     rows = _tile_rows(query, length)
     for start in range(0, length, rows):
         tile = slice(start, start + rows)
         logits = torch.matmul(query[..., tile, :], key_t).to(dtype).mul_(scale)
-        tile_max = logits.amax(dim=-1) if row_max is None else row_max[..., tile].to(dtype)
-        # bias[b, h, i, g] = m_i · ΔA[f(i), g], broadcast over the T keys of each key frame g.
-        bias = tile_max[..., None] * weights[query_frame[tile]]
-        logits = logits.unflatten(-1, (num_frames, tokens)).add_(bias[..., None]).flatten(-2)
-        output[..., tile, :] = torch.matmul(logits.softmax(dim=-1).to(value.dtype), value)
-    return output
+        if weights is not None:
+            tile_max = logits.amax(dim=-1) if row_max is None else row_max[..., tile].to(dtype)
+            # bias[b, h, i, g] = m_i · ΔA[f(i), g], broadcast over the T keys of each key frame g.
+            bias = tile_max[..., None] * weights[query_frame[tile]]
+            logits = logits.unflatten(-1, (num_frames, tokens)).add_(bias[..., None]).flatten(-2)
+        yield tile, logits.softmax(dim=-1)
 
 
 _compiled_flex_attention = None
