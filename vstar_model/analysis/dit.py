@@ -1,0 +1,242 @@
+"""Temporal attention analysis on diffusion transformers (paper §3.3, Fig. 4, for Wan's full attention).
+
+A DiT's ``attn1`` attends over all video tokens, so its temporal structure is the *frame-to-frame
+map*: the attention mass that the tokens of latent frame f give to the tokens of latent frame g,
+averaged over the tokens of f, the batch and the heads (:func:`frame_attention_map`). Its rows sum
+to 1, as a UNet's temporal map's do, so :func:`~vstar_model.analysis.temporal_attention.band_score`,
+:func:`~vstar_model.analysis.temporal_attention.gaussian_band_fit` and the figures of
+:mod:`vstar_model.analysis.plots` (``unit="block"``) read it unchanged. It is computed a tile of
+queries at a time, never from the L×L map.
+
+:func:`capture_dit_attention` records it for every block's ``attn1`` in every transformer call made
+inside it, as :func:`~vstar_model.analysis.temporal_attention.capture_attention` does per UNet
+layer: the plain map where TAR is off, ``A'`` where :func:`vstar_model.tar.dit.apply_dit_tar` is
+active. The map is computed beside the attention, so outputs are bit-identical to a run without
+capture; outside the block nothing is installed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from vstar_model.analysis.temporal_attention import REDUCE_MODES, Reduce, _check_steps, attention_rows
+from vstar_model.tar.dit import DiTAttentionProbe, DiTSelfAttnProcessor, TokenLayout, dit_self_attention_blocks
+from vstar_model.tar.full_attention import attention_probability_tiles, tokens_per_frame
+
+
+def frame_attention_map(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    num_frames: int,
+    *,
+    band: torch.Tensor | None = None,
+    strength: float = 1.0,
+    row_max: torch.Tensor | None = None,
+    scale: float | None = None,
+    per_head: bool = False,
+) -> torch.Tensor:
+    """The frame-to-frame attention map of one full self-attention layer.
+
+    ``map[f, g] = mean over the batch, the heads and the query tokens i of frame f of
+    Σ_{j in frame g} A_ij``, where A is the layer's attention (TAR's ``A'`` with ``band``).
+
+    Args:
+        query, key: ``[batch, heads, L, head_dim]``, frame-major (L = num_frames × tokens_per_frame).
+        num_frames: latent frames F.
+        band, strength, row_max, scale: TAR's ΔA ``[F, F]`` and the rest as for
+            :func:`vstar_model.tar.full_attention.tar_attention_3d`; ``band=None`` is the plain map.
+        per_head: keep the heads apart.
+
+    Returns:
+        float32 ``[F, F]`` (``[heads, F, F]`` with ``per_head``) on the device of ``query``; rows
+        sum to 1.
+    """
+    tokens = tokens_per_frame(query, num_frames)
+    batch, heads, length, _ = query.shape
+    query_frame = torch.arange(length, device=query.device) // tokens
+    total = torch.zeros(heads, num_frames, num_frames, device=query.device, dtype=torch.float32)
+    for tile, probs in attention_probability_tiles(
+        query, key, num_frames, band=band, scale=scale, strength=strength, row_max=row_max
+    ):
+        # [batch, heads, tile, L] -> mass per key frame, summed over the batch: [heads, tile, F]
+        to_frames = probs.unflatten(-1, (num_frames, tokens)).sum(dim=(0, -1), dtype=torch.float32)
+        total.index_add_(1, query_frame[tile], to_frames)
+    total /= batch * tokens
+    return total if per_head else total.mean(dim=0)
+
+
+class DiTAttentionRecorder:
+    """The frame-to-frame maps recorded by :func:`capture_dit_attention`.
+
+    Attributes:
+        maps: (step, processor name) → float32 map on the transformer's device, ``[F, F]`` (or
+            ``[heads, F, F]`` with ``reduce="per_head"``). A step is the index of a transformer call
+            inside the capture block.
+        blocks: processor name → block index of every captured ``attn1``.
+        timesteps: step → the diffusion timestep of that call (Wan's are floats in [0, 1000]).
+    """
+
+    def __init__(
+        self, blocks: Mapping[str, int], *, reduce: Reduce, steps: frozenset[int] | None, batch_index: int | None
+    ):
+        self.maps: dict[tuple[int, str], torch.Tensor] = {}
+        self.blocks = dict(blocks)
+        self.timesteps: dict[int, float] = {}
+        self.reduce = reduce
+        self._steps = steps
+        self._batch_index = batch_index
+        self._calls = 0
+        self._recording = False
+
+    @property
+    def steps(self) -> list[int]:
+        """The recorded steps, in order."""
+        return sorted({step for step, _ in self.maps})
+
+    def maps_at(self, step: int) -> dict[str, torch.Tensor]:
+        """Processor name → map of one recorded step."""
+        maps = {name: m for (s, name), m in self.maps.items() if s == step}
+        if not maps:
+            raise ValueError(f"step {step!r} was not recorded; recorded steps: {self.steps}")
+        return maps
+
+    def layer_maps(self, steps: Collection[int] | None = None) -> dict[str, torch.Tensor]:
+        """Processor name → its map averaged over ``steps`` (all recorded steps by default)."""
+        chosen = self.steps if steps is None else sorted(set(steps))
+        per_step = [self.maps_at(step) for step in chosen]
+        if not per_step:
+            raise ValueError("no steps were recorded")
+        return {name: torch.stack([maps[name] for maps in per_step]).mean(dim=0) for name in per_step[0]}
+
+    def _probe(self, name: str) -> DiTAttentionProbe:
+        def record(query, key, *, num_frames, band, strength, row_max) -> None:
+            if not self._recording:
+                return
+            if self._batch_index is not None:
+                index = self._batch_index % query.shape[0]
+                video = slice(index, index + 1)
+                query, key = query[video], key[video]
+                row_max = None if row_max is None else row_max[video]
+            self.maps[(self._calls - 1, name)] = frame_attention_map(
+                query, key, num_frames, band=band, strength=strength, row_max=row_max,
+                per_head=self.reduce == "per_head",
+            )  # fmt: skip
+
+        return record
+
+    def _begin_call(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        """Transformer forward pre-hook: a new step begins."""
+        step, self._calls = self._calls, self._calls + 1
+        self._recording = self._steps is None or step in self._steps
+        if not self._recording:
+            return
+        hidden_states = args[0] if args else kwargs["hidden_states"]
+        timestep = args[1] if len(args) > 1 else kwargs["timestep"]
+        batch_size = hidden_states.shape[0]
+        if self._batch_index is not None and not -batch_size <= self._batch_index < batch_size:
+            raise ValueError(
+                f"attention capture batch_index {self._batch_index} is outside the transformer's batch of "
+                f"{batch_size} video(s)"
+            )
+        self.timesteps[step] = float(timestep.flatten()[0]) if torch.is_tensor(timestep) else float(timestep)
+
+    def _end_call(self, *_: Any) -> None:
+        """Transformer forward hook: layers called outside a transformer call are not recorded."""
+        self._recording = False
+
+
+@contextmanager
+def capture_dit_attention(
+    transformer: torch.nn.Module,
+    *,
+    reduce: Reduce = "mean",
+    steps: Collection[int] | None = None,
+    batch_index: int | None = None,
+) -> Iterator[DiTAttentionRecorder]:
+    """Record the frame-to-frame map of every block's ``attn1`` in every transformer call inside the block.
+
+    Args:
+        transformer: a Wan transformer (see :func:`~vstar_model.tar.dit.dit_self_attention_blocks`).
+        reduce: ``"mean"`` over heads (``[F, F]`` per block and step) or ``"per_head"``.
+        steps: the transformer calls to record (0-based, in call order); all by default.
+        batch_index: record one video of the batch only; ``None`` averages over the batch.
+
+    Use as ``with capture_dit_attention(transformer) as recorder: transformer(...)``. TAR may be
+    applied inside or outside the block. Every ``attn1`` gets a
+    :class:`~vstar_model.tar.dit.DiTSelfAttnProcessor` (one already there keeps its own and gets a
+    probe after any it has); the processors swapped out come back when the block ends. Recording
+    costs one extra ``QKᵀ`` and softmax per layer and call, a tile at a time.
+    """
+    if reduce not in REDUCE_MODES:
+        raise ValueError(f"unknown attention reduce mode {reduce!r}; expected one of {', '.join(REDUCE_MODES)}")
+    if batch_index is not None and (isinstance(batch_index, bool) or not isinstance(batch_index, int)):
+        raise ValueError(f"batch_index must be an int or None, got {batch_index!r}")
+    blocks = dit_self_attention_blocks(transformer)
+    if not blocks:
+        raise ValueError(f"{type(transformer).__name__} has no transformer blocks with self-attention to capture")
+    recorder = DiTAttentionRecorder(blocks, reduce=reduce, steps=_check_steps(steps), batch_index=batch_index)
+    layout = TokenLayout(transformer.config.patch_size)
+    current = transformer.attn_processors
+    swapped: dict[str, object] = {}
+    probed: dict[str, tuple[DiTSelfAttnProcessor, DiTAttentionProbe | None]] = {}
+    for name in blocks:
+        processor = current[name]
+        if isinstance(processor, DiTSelfAttnProcessor):
+            probed[name] = (processor, processor.probe)
+            processor.probe = _chain(processor.probe, recorder._probe(name))
+        else:
+            swapped[name] = processor
+            capturing = DiTSelfAttnProcessor(layout, probe=recorder._probe(name))
+            capturing._attention_backend = getattr(processor, "_attention_backend", None)
+            transformer.get_submodule(name.removesuffix(".processor")).set_processor(capturing)
+    hooks = [
+        transformer.register_forward_pre_hook(layout.hook, with_kwargs=True),
+        transformer.register_forward_pre_hook(recorder._begin_call, with_kwargs=True),
+        transformer.register_forward_hook(recorder._end_call, always_call=True),
+    ]
+    try:
+        yield recorder
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for processor, probe in probed.values():
+            processor.probe = probe
+        for name, processor in swapped.items():
+            transformer.get_submodule(name.removesuffix(".processor")).set_processor(processor)
+
+
+def _chain(first: DiTAttentionProbe | None, second: DiTAttentionProbe) -> DiTAttentionProbe:
+    """``second`` after ``first``, so that nested captures all record."""
+    if first is None:
+        return second
+
+    def both(query, key, **kwargs) -> None:
+        first(query, key, **kwargs)
+        second(query, key, **kwargs)
+
+    return both
+
+
+def block_maps(layer_maps: Mapping[str, torch.Tensor], blocks: Mapping[str, int]) -> dict[int, torch.Tensor]:
+    """Block index → its map, first block first (the DiT counterpart of ``level_maps``)."""
+    unknown = sorted(set(layer_maps) - set(blocks))
+    if unknown:
+        raise ValueError(f"no block known for layer(s) {unknown}")
+    return {blocks[name]: attention for name, attention in sorted(layer_maps.items(), key=lambda kv: blocks[kv[0]])}
+
+
+def dit_attention_rows(
+    layer_maps: Mapping[str, torch.Tensor], blocks: Mapping[str, int], *, width: int = 1, **context: Any
+) -> list[dict[str, Any]]:
+    """One table row per block map: ``**context, layer, block, num_frames, band_width, band_mass,
+    band_score, gaussian_sigma, gaussian_correlation`` (as
+    :func:`~vstar_model.analysis.temporal_attention.attention_rows`, with the block in place of the
+    level). ``width`` is in latent frames."""
+    if "block" in context:
+        raise ValueError("context field 'block' would overwrite a computed column")
+    rows = attention_rows(layer_maps, blocks, width=width, **context)
+    return [{("block" if name == "level" else name): value for name, value in row.items()} for row in rows]
