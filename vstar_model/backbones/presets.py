@@ -18,6 +18,8 @@ WAN_NEGATIVE_PROMPT = (
     "background, three legs, many people in the background, walking backwards"
 )
 _WAN_COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
+# vstar_model.tar.dit.DEFAULT_PRESET: TAR on the first 10 blocks, σ = 1 latent frame, half strength.
+WAN_DEFAULT_TAR = "b0-9D1s0.5"
 
 
 @dataclass(frozen=True)
@@ -151,7 +153,7 @@ PRESETS: dict[str, BackbonePreset] = {
         dtype="bfloat16",
         components=_WAN_COMPONENTS,
         negative_prompt=WAN_NEGATIVE_PROMPT,
-        default_tar="off",
+        default_tar=WAN_DEFAULT_TAR,
         temporal_compression=4,
         flow_shift=3.0,
         riflex_index=6,
@@ -169,7 +171,7 @@ PRESETS: dict[str, BackbonePreset] = {
         dtype="bfloat16",
         components=_WAN_COMPONENTS,
         negative_prompt=WAN_NEGATIVE_PROMPT,
-        default_tar="off",
+        default_tar=WAN_DEFAULT_TAR,
         temporal_compression=4,
         flow_shift=3.0,
         riflex_index=6,
@@ -190,7 +192,7 @@ PRESETS: dict[str, BackbonePreset] = {
         dtype="float32",
         components=_WAN_COMPONENTS,
         negative_prompt=WAN_NEGATIVE_PROMPT,
-        default_tar="off",
+        default_tar="b0-1D1s0.5",  # both of its blocks
         temporal_compression=4,
         flow_shift=3.0,
         riflex_index=2,
