@@ -9,7 +9,7 @@ median over the steps after the first (warm-up), timed with the device synchroni
     python benchmarks/generate_wan.py --device cuda             # GPU: the 1.3B configuration, bf16,
                                                                 #   480×832, 81 and 161 frames
 
-Sizes: ``mid`` — 4 blocks of width 256, a small VAE and the tiny text encoder (CPU); ``1.3b`` —
+Sizes: ``mid`` — 4 blocks of width 256, a small VAE (base width 8), the tiny text encoder (CPU); ``1.3b`` —
 Wan 2.1 T2V 1.3B's transformer (30 blocks, width 1536, 12 heads), Wan's VAE and the UMT5-XXL
 encoder (d_model 4096, 24 layers), built on the device from their configs.
 """
@@ -65,7 +65,7 @@ def _model(size: str, device: str, dtype: str):
             tiny.tokenizer.model_max_length = 512  # Wan's text length
         else:
             text_encoder = tiny.text_encoder
-            vae = AutoencoderKLWan(base_dim=16, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+            vae = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
                                    latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
     for module in (transformer, text_encoder):
         module.to(dtype=torch_dtype).eval().requires_grad_(False)
