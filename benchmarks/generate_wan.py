@@ -42,9 +42,9 @@ UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers
 
 def _model(size: str, device: str, dtype: str):
     import torch
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
 
-    import vstar_model  # noqa: F401
+    import vstar_model  # noqa: F401  (its torchvision compat before diffusers)
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
     from vstar_model.backbones.loading import load_backbone
     from vstar_model.backbones.presets import PRESETS
     from vstar_model.backbones.tiny_wan import SCHEDULER_CONFIG, save_tiny_wan
@@ -67,8 +67,13 @@ def _model(size: str, device: str, dtype: str):
             text_encoder = tiny.text_encoder
             vae = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
                                    latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
-    for module in (transformer, text_encoder):
-        module.to(dtype=torch_dtype).eval().requires_grad_(False)
+    text_encoder.to(dtype=torch_dtype).eval().requires_grad_(False)
+    # As from_pretrained(torch_dtype=...) loads it: RoPE tables, norms, time embedder stay float32.
+    keep = transformer._keep_in_fp32_modules
+    for name, tensor in [*transformer.named_parameters(), *transformer.named_buffers()]:
+        if tensor.is_floating_point() and not any(part in name.split(".") for part in keep):
+            tensor.data = tensor.data.to(torch_dtype)
+    transformer.eval().requires_grad_(False)
     vae.eval().requires_grad_(False)  # float32, as load_wan keeps it
     return WanVideoModel(preset=PRESETS["wan2.1-1.3b" if size == "1.3b" else "tiny-wan"], tokenizer=tiny.tokenizer,
                          text_encoder=text_encoder, transformer=transformer, vae=vae,

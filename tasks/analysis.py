@@ -56,7 +56,7 @@ def generated_attention(
         num_frames=num_frames, height=model.height or preset.height, width=model.width or preset.width,
         num_inference_steps=model.steps or preset.num_inference_steps,
         guidance_scale=model.guidance_scale or preset.guidance_scale, eta=model.eta,
-        negative_prompt=model.negative_prompt,
+        negative_prompt=model.negative_prompt_for(preset),
     )
     video, recorder = generated_video_attention(backbone, states, config, seed=seed, tar=condition_tar(condition))
     file_name = condition.replace("@", "_at_")  # '@' reads as user@host in some URL schemes

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 CATALOG = str(Path(__file__).resolve().parents[2] / "catalogs" / "demo_wan.yaml")  # 17 and 33 frames
 
 
-def test_tiny_wan_run_is_complete_with_tar_and_vsp_and_records_family_blocks_and_sigma(tiny_wan_dir, monkeypatch):
+def test_tiny_wan_run_is_complete_with_tar_and_vsp_and_records_family_blocks_and_sigma(monkeypatch):
+    """The built-in tiny Wan, built on first use (a clean checkout has no model files)."""
     from vstar_model.sampling import dit
 
     installed = []  # (TAR blocks, steps declared) per generated video
@@ -35,7 +36,7 @@ def test_tiny_wan_run_is_complete_with_tar_and_vsp_and_records_family_blocks_and
     monkeypatch.setattr(dit, "apply_dit_tar", recording)
     run_dir = produce_dataset(
         catalog=CATALOG, output_root="memory://vstar-wan", variants=["vstar", "vstar_riflex", "baseline"],
-        model=ModelSettings(preset="tiny-wan", path=str(tiny_wan_dir), steps=2, height=32, width=32),
+        model=ModelSettings(preset="tiny-wan", steps=2, height=32, width=32),
         evaluation=EvaluationSettings(metric="pixel_cosine"),
     )
     files = set(list_files(run_dir))
@@ -69,7 +70,7 @@ def test_tiny_wan_run_is_complete_with_tar_and_vsp_and_records_family_blocks_and
     assert verify_manifest(run_dir) == []
 
 
-def test_frame_counts_wan_cannot_make_stop_the_run_before_any_work(tmp_path, tiny_wan_dir):
+def test_frame_counts_wan_cannot_make_stop_the_run_before_any_work(tmp_path):
     catalog = tmp_path / "catalog.yaml"
     catalog.write_text("- id: a\n  prompt: a cat\n  frames: 16\n- id: b\n  prompt: a dog\n  frames: 17\n")
     root = tmp_path / "out"
