@@ -20,13 +20,13 @@ import argparse
 import json
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from generate import run_each  # noqa: E402  (the runner of benchmarks/generate.py)
 
 TRANSFORMERS = {
     "mid": dict(num_attention_heads=4, attention_head_dim=64, ffn_dim=768, num_layers=4, text_dim=32, in_channels=4,
@@ -144,18 +144,9 @@ def main() -> None:
         return
     print(f"device={args.device} dtype={args.dtype} {args.height}x{args.width} steps={args.steps} tar={args.tar} "
           f"riflex={args.riflex}")
-    for size in args.sizes:
-        for frames in args.frames:
-            cmd = [sys.executable, __file__, "--one", "--size", size, "--frames", str(frames), "--height",
-                   str(args.height), "--width", str(args.width), "--steps", str(args.steps), "--device", args.device,
-                   "--dtype", args.dtype, "--tar", args.tar] + (["--riflex"] if args.riflex else [])
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            if out.returncode:
-                print(f"{size} {frames} frames failed:\n{out.stderr[-2000:]}")
-                continue
-            row = json.loads(out.stdout.strip().splitlines()[-1])
-            print("  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-
+    shared = ["--height", str(args.height), "--width", str(args.width), "--steps", str(args.steps), "--device",
+              args.device, "--dtype", args.dtype, "--tar", args.tar] + (["--riflex"] if args.riflex else [])
+    run_each(__file__, args.sizes, args.frames, shared)
 
 if __name__ == "__main__":
     main()

@@ -13,6 +13,7 @@ from tasks.jobs import ModelSettings
 from vstar_data.manifest import verify_manifest
 from vstar_data.schemas import SAMPLES_SCHEMA, read_table
 from vstar_data.storage import list_files, read_bytes
+from vstar_model.backbones.presets import WAN_NEGATIVE_PROMPT
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 CATALOG = str(Path(__file__).resolve().parents[2] / "catalogs" / "demo_wan.yaml")  # 17 and 33 frames
@@ -51,7 +52,7 @@ def test_tiny_wan_run_is_complete_with_tar_and_vsp_and_records_family_blocks_and
     assert (vstar["model_preset"], vstar["model_family"], vstar["fps"]) == ("tiny-wan", "wan", 16)
     assert (vstar["tar"], vstar["tar_layers"], vstar["tar_sigmas"]) == ("b0-1D1s0.5", ["b0-1"], [1.0])
     assert (vstar["vsp"], vstar["riflex"], vstar["flow_shift"]) == (True, False, 3.0)
-    assert len(vstar["states"]) == 3
+    assert len(vstar["states"]) == 3 and vstar["negative_prompt"] == WAN_NEGATIVE_PROMPT  # Wan's own, by default
     assert rows[("sunset-over-city", "vstar_riflex")]["riflex"] is True
     baseline = rows[("sunset-over-city", "baseline")]
     assert (baseline["tar"], baseline["tar_layers"], baseline["vsp"]) == ("off", [], False)
