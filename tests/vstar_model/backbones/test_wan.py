@@ -22,6 +22,14 @@ def test_wan_presets_carry_wans_defaults():
     assert get_preset("tiny-wan").source == "builtin:tiny-wan"
 
 
+def test_wan_presets_default_to_the_dit_tar_preset_and_tiny_wan_to_both_its_blocks():
+    from vstar_model.tar.dit import DEFAULT_PRESET, parse_dit_tar
+
+    assert get_preset("wan2.1-1.3b").default_tar == get_preset("wan2.1-14b").default_tar == DEFAULT_PRESET
+    tiny = parse_dit_tar(get_preset("tiny-wan").default_tar)
+    assert sorted(tiny.blocks) == list(range(len(build_tiny_wan_transformer().blocks)))
+
+
 @pytest.mark.parametrize("frames", [16, 18, 80])
 def test_wan_refuses_frame_counts_its_vae_cannot_make_and_names_the_nearest(frames):
     below = frames - (frames - 1) % 4
