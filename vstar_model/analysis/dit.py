@@ -26,7 +26,9 @@ import torch
 from vstar_model.analysis.temporal_attention import (
     DEFAULT_TIMESTEP,
     REDUCE_MODES,
+    MapRecorder,
     Reduce,
+    _chain,
     _check_frames,
     _check_steps,
     attention_rows,
@@ -81,7 +83,7 @@ def frame_attention_map(
     return total if per_head else total.mean(dim=0)
 
 
-class DiTAttentionRecorder:
+class DiTAttentionRecorder(MapRecorder):
     """The frame-to-frame maps recorded by :func:`capture_dit_attention`.
 
     Attributes:
@@ -102,36 +104,14 @@ class DiTAttentionRecorder:
         batch_index: int | None,
         calls_per_step: int = 1,
     ):
-        self.maps: dict[tuple[int, str], torch.Tensor] = {}
+        super().__init__()
         self.blocks = dict(blocks)
-        self.timesteps: dict[int, float] = {}
         self.reduce = reduce
         self._steps = steps
         self._batch_index = batch_index
         self._calls_per_step = calls_per_step
         self._calls = 0
         self._step = 0
-        self._recording = False
-
-    @property
-    def steps(self) -> list[int]:
-        """The recorded steps, in order."""
-        return sorted({step for step, _ in self.maps})
-
-    def maps_at(self, step: int) -> dict[str, torch.Tensor]:
-        """Processor name → map of one recorded step."""
-        maps = {name: m for (s, name), m in self.maps.items() if s == step}
-        if not maps:
-            raise ValueError(f"step {step!r} was not recorded; recorded steps: {self.steps}")
-        return maps
-
-    def layer_maps(self, steps: Collection[int] | None = None) -> dict[str, torch.Tensor]:
-        """Processor name → its map averaged over ``steps`` (all recorded steps by default)."""
-        chosen = self.steps if steps is None else sorted(set(steps))
-        per_step = [self.maps_at(step) for step in chosen]
-        if not per_step:
-            raise ValueError("no steps were recorded")
-        return {name: torch.stack([maps[name] for maps in per_step]).mean(dim=0) for name in per_step[0]}
 
     def _probe(self, name: str) -> DiTAttentionProbe:
         def record(query, key, *, num_frames, band, strength, row_max) -> None:
@@ -166,10 +146,6 @@ class DiTAttentionRecorder:
                 f"{batch_size} video(s)"
             )
         self.timesteps[step] = float(timestep.flatten()[0]) if torch.is_tensor(timestep) else float(timestep)
-
-    def _end_call(self, *_: Any) -> None:
-        """Transformer forward hook: layers called outside a transformer call are not recorded."""
-        self._recording = False
 
 
 @contextmanager
@@ -238,18 +214,6 @@ def capture_dit_attention(
             processor.probe = probe
         for name, processor in swapped.items():
             transformer.get_submodule(name.removesuffix(".processor")).set_processor(processor)
-
-
-def _chain(first: DiTAttentionProbe | None, second: DiTAttentionProbe) -> DiTAttentionProbe:
-    """``second`` after ``first``, so that nested captures all record."""
-    if first is None:
-        return second
-
-    def both(query, key, **kwargs) -> None:
-        first(query, key, **kwargs)
-        second(query, key, **kwargs)
-
-    return both
 
 
 def block_maps(layer_maps: Mapping[str, torch.Tensor], blocks: Mapping[str, int]) -> dict[int, torch.Tensor]:
