@@ -13,7 +13,9 @@ is measured in one process and printed as ratios to off:
   the fused kernel, relative to that layer's plain attention (SDPA);
 - agreement of the own-frame-max approximation with exact TAR: the share of queries whose
   own-frame max is the exact max, and the distance of its output from exact TAR's relative to
-  TAR's own effect, ‖y_frame − y_exact‖ / ‖y_exact − y_off‖ (0: identical; 1: as far as no TAR).
+  TAR's own effect, ‖y_frame − y_exact‖ / ‖y_exact − y_off‖ (0: identical; 1: as far as no TAR);
+- what the strength does (the analysis of vstar_model.analysis.dit): the band score of the first
+  TAR block's frame-to-frame map without TAR and with strength 0.25, 0.5, 1 and 2 (σ of the preset).
 
 Variants: ``exact/tiled`` (tar_attention_3d: logits a tile of queries at a time, the max in the
 same pass), ``exact/flex`` (exact row max, then fused FlexAttention), ``frame/flex`` (own-frame
@@ -55,6 +57,8 @@ from vstar_model.tar.full_attention import (  # noqa: E402
     frame_row_max,
     tar_attention_3d,
 )
+from vstar_model.analysis.dit import frame_attention_map  # noqa: E402
+from vstar_model.analysis.temporal_attention import band_score  # noqa: E402
 from vstar_model.tar.bands import gaussian_band  # noqa: E402
 
 WAN = dict(patch_size=(1, 2, 2), in_channels=16, out_channels=16, freq_dim=256, cross_attn_norm=True,
@@ -169,6 +173,17 @@ def agreement(query, key, num_frames) -> tuple[float, float]:
     return float(same), float(gap)
 
 
+def strength_band_scores(query, key, num_frames, sigma) -> dict[str, float]:
+    """Band score of one layer's frame-to-frame map, plain and under TAR at several strengths."""
+    band = gaussian_band(num_frames, sigma, device=query.device, dtype=torch.float32)
+    query, key = query[:1], key[:1]  # one video
+    scores = {"off": float(band_score(frame_attention_map(query, key, num_frames)))}
+    for strength in (0.25, 0.5, 1.0, 2.0):
+        attention = frame_attention_map(query, key, num_frames, band=band, strength=strength)
+        scores[f"s{strength:g}"] = float(band_score(attention))
+    return scores
+
+
 def run(args, frames: int) -> None:
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     spec = SIZES[args.size]
@@ -206,6 +221,8 @@ def run(args, frames: int) -> None:
         value = torch.randn_like(query)  # its values do not change the cost
         costs = layer_costs(device, query, key, value, num_frames, tar.ranges[0].strength, args.repeats)
         same, gap = agreement(query, key, num_frames)
+        sigma = tar.ranges[0].sigma
+        scores = strength_band_scores(query, key, num_frames, sigma)
 
     tar_blocks = len(parse_dit_tar(preset).blocks)
     print(
@@ -239,6 +256,8 @@ def run(args, frames: int) -> None:
                 distance = float((outputs[variant] - exact).norm()) / max(effect, 1e-30)
                 print(f"  {variant} vs exact TAR: ‖Δ‖/‖TAR effect‖ = {distance:.3f}")
     print(f"  own-frame max = exact max for {same:.1%} of queries (first TAR block); mean gap {gap:.3%} of |max|")
+    print(f"  band score of the first TAR block's frame map (σ={sigma:g}): "
+          + ", ".join(f"{name} {score:.2f}" for name, score in scores.items()))
 
 
 def main() -> None:
