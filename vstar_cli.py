@@ -148,8 +148,8 @@ def produce(
     model_settings = ModelSettings(preset=model, path=model_path, device=device, dtype=dtype, steps=steps,
                                    height=height, width=width, flow_shift=flow_shift)
     try:
-        check_backbones(list(entries), model_settings)  # missing weights: a message, not a traceback
         check_entries(list(entries), frames=frames, tar=tar, variants=variant, model=model_settings)
+        check_backbones(list(entries), model_settings)  # missing weights: a message, not a traceback
     except (BackboneNotFound, ValueError) as error:
         _fail(str(error))
     try:

@@ -110,6 +110,7 @@ def sample_row(job: SampleJob, run: RunPaths, key: str, record: dict | None, err
         "prompt": job.prompt,
         "states": job.states,
         "synopsis_source": job.synopsis_source,
+        "negative_prompt": job.negative_prompt,
         "seed": job.seed,
         "num_frames": job.num_frames,
         "fps": job.fps,

@@ -47,3 +47,21 @@ def test_flow_heartbeats_are_off_only_against_the_ephemeral_api():
         assert get_current_settings().flows.heartbeat_frequency is None
     with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:4200/api"}), local_flow_settings():
         assert get_current_settings().flows.heartbeat_frequency == 180  # a server watches them: Prefect's default
+
+
+def test_wan_frame_counts_are_refused_before_prefect_starts(tmp_path):
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text("- id: sixteen\n  prompt: a cat\n  frames: 16\n")
+    out = tmp_path / "out"
+    result = _vstar("produce", str(catalog), "--out", str(out), "--model", "tiny-wan", "--metric", "none",
+                    env={"VSTAR_CACHE_DIR": str(tmp_path / "cache")}, tmp_path=tmp_path)
+    assert result.returncode == 2
+    assert "entry 'sixteen': model 'tiny-wan' makes 4k+1 frames" in result.stderr
+    assert "use 13 or 17" in result.stderr and "Traceback" not in result.stdout + result.stderr
+    assert not out.exists()
+    assert not list((tmp_path / "prefect").glob("*"))  # Prefect's home is empty: no server, no database
+    assert not (tmp_path / "cache").exists()  # and the built-in model was not even built
+
+    catalog.write_text("- id: sixteen\n  prompt: a cat\n  frames: 16\n  model: tiny-wan\n")
+    result = _vstar("catalog", "validate", str(catalog), tmp_path=tmp_path)
+    assert result.returncode == 2 and "row 1" in result.stderr and "4k+1 frames" in result.stderr

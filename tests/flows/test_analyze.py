@@ -73,7 +73,7 @@ def test_analysis_of_a_wan_model_per_block(tmp_path, tiny_wan_dir):
 
 def test_wan_conditions_and_lengths_are_checked():
     wan = ModelSettings(preset="tiny-wan")
-    assert analysis_settings(None, None, wan) == ([17, 33], ["off", "b0D1s0.5"])
+    assert analysis_settings(None, None, wan) == ([17, 33], ["off", "b0-1D1s0.5"])
     assert analysis_settings(None, None, ModelSettings()) == ([16, 48], ["off", "64D1", "identity@64", "ones@64"])
     with pytest.raises(ValueError, match="makes 4k\\+1 frames .* use 13 or 17"):
         analysis_settings([16], ["off"], wan)

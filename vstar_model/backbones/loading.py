@@ -44,14 +44,13 @@ class WeightLocations:
         return " + ".join([str(self.base), *extra])
 
 
-@dataclass
-class VideoModel:
-    """The loaded components of a text-to-video backbone, ready for :mod:`vstar_model.sampling.unet`."""
+@dataclass(kw_only=True)
+class LoadedBackbone:
+    """What every loaded text-to-video backbone holds besides its denoiser."""
 
     preset: BackbonePreset
     tokenizer: object
     text_encoder: torch.nn.Module
-    unet: torch.nn.Module
     vae: torch.nn.Module
     scheduler: object
     device: torch.device
@@ -65,6 +64,13 @@ class VideoModel:
     @property
     def family(self) -> Family:
         return self.preset.family
+
+
+@dataclass(kw_only=True)
+class VideoModel(LoadedBackbone):
+    """A video UNet backbone, ready for :mod:`vstar_model.sampling.unet`."""
+
+    unet: torch.nn.Module
 
     @property
     def vae_scale_factor(self) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 # unet3d: diffusers' UNet3DConditionModel (ModelScope, Zeroscope); videocrafter: the same plus an fps
@@ -18,6 +18,8 @@ WAN_NEGATIVE_PROMPT = (
     "background, three legs, many people in the background, walking backwards"
 )
 _WAN_COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
+# vstar_model.tar.dit.DEFAULT_PRESET: TAR on the first 10 of 30 blocks, σ = 1 latent frame, half strength.
+WAN_DEFAULT_TAR = "b0-9D1s0.5"
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,30 @@ class BackbonePreset:
                 f"(its motion modules' positional embedding ends there)"
             )
 
+
+# Wan 2.1 (diffusers conversions), with WanPipeline's defaults: 480×832, 81 frames (21 latent), 50
+# steps, guidance 5.0, 16 fps. Flow shift 3.0 is what diffusers gives for 480P (5.0 for 720P) and
+# what the 1.3B checkpoint's UniPC scheduler config holds. RIFLEx k = 6: with the 1.3B/14B head
+# dim of 128 the temporal RoPE has 22 frequencies, and the 6th (period ≈ 51 latent frames) is the
+# one that repeats first past the trained length, as RIFLEx's Wan integrations use.
+_WAN_1_3B = BackbonePreset(
+    name="wan2.1-1.3b",
+    family="wan",
+    source="Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+    height=480,
+    width=832,
+    num_frames=81,
+    fps=16,
+    num_inference_steps=50,
+    guidance_scale=5.0,
+    dtype="bfloat16",
+    components=_WAN_COMPONENTS,
+    negative_prompt=WAN_NEGATIVE_PROMPT,
+    default_tar=WAN_DEFAULT_TAR,
+    temporal_compression=4,
+    flow_shift=3.0,
+    riflex_index=6,
+)
 
 PRESETS: dict[str, BackbonePreset] = {
     "tiny": BackbonePreset(
@@ -133,66 +159,23 @@ PRESETS: dict[str, BackbonePreset] = {
         # index past it. We refuse instead of extrapolating (paper Fig. 10: it fails past training).
         max_frames=32,
     ),
-    # Wan 2.1 (diffusers conversions), with WanPipeline's defaults: 480×832, 81 frames (21 latent), 50
-    # steps, guidance 5.0, 16 fps. Flow shift 3.0 is what diffusers gives for 480P (5.0 for 720P) and
-    # what the 1.3B checkpoint's UniPC scheduler config holds. RIFLEx k = 6: with the 1.3B/14B head
-    # dim of 128 the temporal RoPE has 22 frequencies, and the 6th (period ≈ 51 latent frames) is the
-    # one that repeats first past the trained length, as RIFLEx's Wan integrations use.
-    "wan2.1-1.3b": BackbonePreset(
-        name="wan2.1-1.3b",
-        family="wan",
-        source="Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
-        height=480,
-        width=832,
-        num_frames=81,
-        fps=16,
-        num_inference_steps=50,
-        guidance_scale=5.0,
-        dtype="bfloat16",
-        components=_WAN_COMPONENTS,
-        negative_prompt=WAN_NEGATIVE_PROMPT,
-        default_tar="b0-9D1s0.5",  # TAR on the first third of the 30 blocks (README, DiT TAR)
-        temporal_compression=4,
-        flow_shift=3.0,
-        riflex_index=6,
-    ),
-    "wan2.1-14b": BackbonePreset(
-        name="wan2.1-14b",
-        family="wan",
-        source="Wan-AI/Wan2.1-T2V-14B-Diffusers",
-        height=480,
-        width=832,
-        num_frames=81,
-        fps=16,
-        num_inference_steps=50,
-        guidance_scale=5.0,
-        dtype="bfloat16",
-        components=_WAN_COMPONENTS,
-        negative_prompt=WAN_NEGATIVE_PROMPT,
-        default_tar="b0-12D1s0.5",  # the first third of the 40 blocks
-        temporal_compression=4,
-        flow_shift=3.0,
-        riflex_index=6,
-    ),
+    "wan2.1-1.3b": _WAN_1_3B,
+    # TAR on the first third of its 40 blocks, as the 1.3B default on the first third of its 30.
+    "wan2.1-14b": replace(_WAN_1_3B, name="wan2.1-14b", source="Wan-AI/Wan2.1-T2V-14B-Diffusers",
+                          default_tar="b0-12D1s0.5"),
     # A random miniature of Wan 2.1 (vstar_model.backbones.tiny_wan) built on first use, for tests and
     # offline runs. Its head dim of 32 gives a 12-dim temporal RoPE (6 frequencies); RIFLEx k = 2
     # (period ≈ 29 latent frames) is the lowest one a 161-frame clip (41 latent frames) outruns.
-    "tiny-wan": BackbonePreset(
+    "tiny-wan": replace(
+        _WAN_1_3B,
         name="tiny-wan",
-        family="wan",
         source="builtin:tiny-wan",
         height=64,
         width=64,
         num_frames=17,
-        fps=16,
         num_inference_steps=4,
-        guidance_scale=5.0,
         dtype="float32",
-        components=_WAN_COMPONENTS,
-        negative_prompt=WAN_NEGATIVE_PROMPT,
-        default_tar="b0D1s0.5",  # the first of 2 blocks
-        temporal_compression=4,
-        flow_shift=3.0,
+        default_tar="b0-1D1s0.5",  # both of its blocks
         riflex_index=2,
     ),
 }

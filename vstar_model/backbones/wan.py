@@ -12,37 +12,20 @@ in half precision; it runs once per video); the transformer and text encoder tak
 
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from vstar_model import _compat  # noqa: F401
-from vstar_model.backbones.loading import BackboneNotFound, WeightLocations, snapshot_revision
-from vstar_model.backbones.presets import BackbonePreset, Family
+from vstar_model.backbones.loading import BackboneNotFound, LoadedBackbone, WeightLocations, snapshot_revision
+from vstar_model.backbones.presets import BackbonePreset
 
 
-@dataclass
-class WanVideoModel:
-    """The loaded components of a Wan 2.1 text-to-video model, for :mod:`vstar_model.sampling.dit`."""
+@dataclass(kw_only=True)
+class WanVideoModel(LoadedBackbone):
+    """A loaded Wan 2.1 text-to-video model, for :mod:`vstar_model.sampling.dit`."""
 
-    preset: BackbonePreset
-    tokenizer: object
-    text_encoder: torch.nn.Module
     transformer: torch.nn.Module
-    vae: torch.nn.Module
-    scheduler: object
-    device: torch.device
-    dtype: torch.dtype
-    location: str
-    revision: str | None = None
-    # One generation at a time per loaded model: VSP/TAR processors and RoPE tables live on shared
-    # modules, and Prefect may run tasks of one process in threads.
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    @property
-    def family(self) -> Family:
-        return self.preset.family
 
     @property
     def vae_scale_factor(self) -> int:

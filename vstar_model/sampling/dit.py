@@ -35,6 +35,7 @@ import torch
 from vstar_model.backbones.riflex import apply_riflex
 from vstar_model.backbones.wan import WanVideoModel
 from vstar_model.sampling import GeneratedVideo, ProgressCallback
+from vstar_model.tar.dit import apply_dit_tar
 from vstar_model.vsp.dit import frame_tokens, per_frame_text
 from vstar_model.vsp.embeddings import interpolate_embeddings
 
@@ -115,27 +116,6 @@ def decode_latents(model: WanVideoModel, latents: torch.Tensor) -> torch.Tensor:
     return torch.cat(frames)
 
 
-class _NoTAR:
-    """Stand-in handle while TAR is off (the DiT TAR processors live in vstar_model.tar.dit)."""
-
-    def set_step(self, step: int, num_steps: int) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
-
-
-def _apply_tar(transformer: torch.nn.Module, tar):
-    if tar is None or (isinstance(tar, str) and tar.strip().lower() in ("off", "none")):
-        return _NoTAR()
-    from vstar_model.tar.dit import apply_dit_tar
-
-    return apply_dit_tar(transformer, tar)
-
-
 @torch.no_grad()
 def generate_video(
     model: WanVideoModel,
@@ -190,7 +170,7 @@ def generate_video(
 
         start = time.perf_counter()
         with ExitStack() as stack:
-            tar_handle = stack.enter_context(_apply_tar(transformer, tar))
+            tar_handle = stack.enter_context(apply_dit_tar(transformer, tar))
             if config.riflex:
                 stack.enter_context(apply_riflex(transformer, num_latent_frames, model.preset.riflex_index))
             if len(states) > 1:

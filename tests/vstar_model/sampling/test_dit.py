@@ -84,6 +84,23 @@ def test_the_negative_prompt_steers_the_unconditional_branch(tiny_wan):
     assert (c.int() - d.int()).abs().max() <= 1
 
 
+def test_the_flow_shift_reaches_the_schedule(tiny_wan, monkeypatch):
+    sigmas = {}
+    scheduler_class = type(tiny_wan.scheduler)  # the loop makes a fresh one of the checkpoint's class
+    original = scheduler_class.set_timesteps
+
+    def recording(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        sigmas[self.config.flow_shift] = self.sigmas.clone()
+
+    monkeypatch.setattr(scheduler_class, "set_timesteps", recording)
+    three = generate_video(tiny_wan, ["a"], _config(flow_shift=3.0), seed=0).frames
+    five = generate_video(tiny_wan, ["a"], _config(flow_shift=5.0), seed=0).frames
+    assert not torch.equal(three, five)
+    # σ' = s·σ / (1 + (s − 1)·σ): a larger shift keeps the schedule noisier for longer
+    assert (sigmas[5.0][1:-1] > sigmas[3.0][1:-1]).all() and sigmas[3.0][0] == sigmas[5.0][0]
+
+
 def test_text_embeddings_are_zero_after_each_texts_tokens(tiny_wan):
     text = encode_text(tiny_wan, ["a cat", "a much longer prompt about a cat"])
     tokens = tiny_wan.tokenizer(["a cat"]).input_ids[0]
