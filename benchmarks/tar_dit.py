@@ -94,7 +94,12 @@ def build_transformer(size: str, device: torch.device, dtype: torch.dtype):
     torch.manual_seed(0)
     with torch.device(device):  # initialise on the device: 1.3B random weights in seconds on a GPU
         model = WanTransformer3DModel(**SIZES[size]["model"])
-    return model.to(dtype=dtype).eval()
+    # As from_pretrained(torch_dtype=...) loads it: RoPE tables, norms, time embedder stay float32.
+    keep = model._keep_in_fp32_modules
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point() and not any(part in name.split(".") for part in keep):
+            tensor.data = tensor.data.to(dtype)
+    return model.eval().requires_grad_(False)
 
 
 def _synchronize(device: torch.device) -> None:
