@@ -217,10 +217,12 @@ def analyze(
     out: str = typer.Option("./outputs", "--out", help="output root: local path or fsspec URL"),
     prompt: str = typer.Option("a landscape transitioning from winter to spring", help="prompt of the videos"),
     state: Optional[list[str]] = typer.Option(None, help="synopsis states (repeat); default: the prompt alone"),
-    frames: list[int] = typer.Option([16, 48], help="video lengths (repeat)"),
-    condition: list[str] = typer.Option(
-        ["off", "64D1", "identity@64", "ones@64"],
-        help="off, a TAR preset (σ sweep: 64D1, 64D4…) or a map replacement identity@64 / ones@64_32 (repeat)",
+    frames: Optional[list[int]] = typer.Option(None, help="video lengths (repeat); default 16 and 48 (Wan: 81 and 161, "
+                                               "tiny-wan 17 and 33)"),
+    condition: Optional[list[str]] = typer.Option(
+        None,
+        help="off, a TAR preset (σ sweep: 64D1, 64D4…; Wan: b0-9D1s0.5…) or, for UNets, a map replacement "
+        "identity@64 / ones@64_32 (repeat); default: off, 64D1, identity@64, ones@64 (Wan: off and its default)",
     ),
     real_videos: Optional[str] = typer.Option(None, help="folder or bucket of real clips to compare with"),
     model: str = typer.Option("tiny", help="model preset"),
@@ -229,17 +231,19 @@ def analyze(
     device: Optional[str] = typer.Option(None),
     seed: int = typer.Option(0, min=0),
 ) -> None:
-    """Temporal attention of generated (and real) videos per UNet level: how band-like it is under
-    each condition. Prints the analysis directory."""
+    """Temporal attention of generated (and real) videos per UNet level (Wan: per transformer block):
+    how band-like it is under each condition. Prints the analysis directory."""
     from flows.analyze import analyze_attention
+    from tasks.analysis import analysis_settings
     from tasks.jobs import ModelSettings
 
     try:
+        settings = ModelSettings(preset=model, path=model_path, steps=steps, device=device)
+        frames, condition = analysis_settings(frames, condition, settings)  # before Prefect starts
         with local_flow_settings():
             directory = analyze_attention(
                 output_root=out, prompt=prompt, states=state or None, frames=frames, conditions=condition,
-                real_videos=real_videos, seed=seed,
-                model=ModelSettings(preset=model, path=model_path, steps=steps, device=device),
+                real_videos=real_videos, seed=seed, model=settings,
             )
     except (FileNotFoundError, ValueError) as error:
         _fail(str(error))

@@ -118,7 +118,8 @@ ATTENTION_SCHEMA = _schema(
     _optional("step", pa.int32()),  # denoising step; null for real clips (one denoiser call)
     _required("timestep", pa.int32()),
     _required("layer", pa.string()),
-    _required("level", pa.int32()),
+    _optional("level", pa.int32()),  # UNet: the layer's level (64, 32, 16, 8); null for DiT rows
+    _optional("block", pa.int32()),  # DiT (Wan): the transformer block of the attn1; null for UNet rows
     _required("band_width", pa.int32()),
     _required("band_mass", pa.float64()),
     _required("band_score", pa.float64()),

@@ -17,15 +17,29 @@ capture; outside the block nothing is installed.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from vstar_model.analysis.temporal_attention import REDUCE_MODES, Reduce, _check_steps, attention_rows
+from vstar_model.analysis.temporal_attention import (
+    DEFAULT_TIMESTEP,
+    REDUCE_MODES,
+    MapRecorder,
+    Reduce,
+    _chain,
+    _check_frames,
+    _check_steps,
+    attention_rows,
+)
 from vstar_model.tar.dit import DiTAttentionProbe, DiTSelfAttnProcessor, TokenLayout, dit_self_attention_blocks
 from vstar_model.tar.full_attention import attention_probability_tiles, tokens_per_frame
+
+if TYPE_CHECKING:
+    from vstar_model.backbones.wan import WanVideoModel
+    from vstar_model.sampling import GeneratedVideo
+    from vstar_model.sampling.dit import FlowMatchingConfig
 
 
 def frame_attention_map(
@@ -69,48 +83,35 @@ def frame_attention_map(
     return total if per_head else total.mean(dim=0)
 
 
-class DiTAttentionRecorder:
+class DiTAttentionRecorder(MapRecorder):
     """The frame-to-frame maps recorded by :func:`capture_dit_attention`.
 
     Attributes:
         maps: (step, processor name) → float32 map on the transformer's device, ``[F, F]`` (or
             ``[heads, F, F]`` with ``reduce="per_head"``). A step is the index of a transformer call
-            inside the capture block.
+            inside the capture block (with ``calls_per_step`` > 1, of a group of calls, of which the
+            first is recorded).
         blocks: processor name → block index of every captured ``attn1``.
         timesteps: step → the diffusion timestep of that call (Wan's are floats in [0, 1000]).
     """
 
     def __init__(
-        self, blocks: Mapping[str, int], *, reduce: Reduce, steps: frozenset[int] | None, batch_index: int | None
+        self,
+        blocks: Mapping[str, int],
+        *,
+        reduce: Reduce,
+        steps: frozenset[int] | None,
+        batch_index: int | None,
+        calls_per_step: int = 1,
     ):
-        self.maps: dict[tuple[int, str], torch.Tensor] = {}
+        super().__init__()
         self.blocks = dict(blocks)
-        self.timesteps: dict[int, float] = {}
         self.reduce = reduce
         self._steps = steps
         self._batch_index = batch_index
+        self._calls_per_step = calls_per_step
         self._calls = 0
-        self._recording = False
-
-    @property
-    def steps(self) -> list[int]:
-        """The recorded steps, in order."""
-        return sorted({step for step, _ in self.maps})
-
-    def maps_at(self, step: int) -> dict[str, torch.Tensor]:
-        """Processor name → map of one recorded step."""
-        maps = {name: m for (s, name), m in self.maps.items() if s == step}
-        if not maps:
-            raise ValueError(f"step {step!r} was not recorded; recorded steps: {self.steps}")
-        return maps
-
-    def layer_maps(self, steps: Collection[int] | None = None) -> dict[str, torch.Tensor]:
-        """Processor name → its map averaged over ``steps`` (all recorded steps by default)."""
-        chosen = self.steps if steps is None else sorted(set(steps))
-        per_step = [self.maps_at(step) for step in chosen]
-        if not per_step:
-            raise ValueError("no steps were recorded")
-        return {name: torch.stack([maps[name] for maps in per_step]).mean(dim=0) for name in per_step[0]}
+        self._step = 0
 
     def _probe(self, name: str) -> DiTAttentionProbe:
         def record(query, key, *, num_frames, band, strength, row_max) -> None:
@@ -121,7 +122,7 @@ class DiTAttentionRecorder:
                 video = slice(index, index + 1)
                 query, key = query[video], key[video]
                 row_max = None if row_max is None else row_max[video]
-            self.maps[(self._calls - 1, name)] = frame_attention_map(
+            self.maps[(self._step, name)] = frame_attention_map(
                 query, key, num_frames, band=band, strength=strength, row_max=row_max,
                 per_head=self.reduce == "per_head",
             )  # fmt: skip
@@ -129,9 +130,11 @@ class DiTAttentionRecorder:
         return record
 
     def _begin_call(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        """Transformer forward pre-hook: a new step begins."""
-        step, self._calls = self._calls, self._calls + 1
-        self._recording = self._steps is None or step in self._steps
+        """Transformer forward pre-hook: a new call begins; the first call of each step is recorded."""
+        step, branch = divmod(self._calls, self._calls_per_step)
+        self._calls += 1
+        self._step = step
+        self._recording = branch == 0 and (self._steps is None or step in self._steps)
         if not self._recording:
             return
         hidden_states = args[0] if args else kwargs["hidden_states"]
@@ -144,10 +147,6 @@ class DiTAttentionRecorder:
             )
         self.timesteps[step] = float(timestep.flatten()[0]) if torch.is_tensor(timestep) else float(timestep)
 
-    def _end_call(self, *_: Any) -> None:
-        """Transformer forward hook: layers called outside a transformer call are not recorded."""
-        self._recording = False
-
 
 @contextmanager
 def capture_dit_attention(
@@ -156,6 +155,7 @@ def capture_dit_attention(
     reduce: Reduce = "mean",
     steps: Collection[int] | None = None,
     batch_index: int | None = None,
+    calls_per_step: int = 1,
 ) -> Iterator[DiTAttentionRecorder]:
     """Record the frame-to-frame map of every block's ``attn1`` in every transformer call inside the block.
 
@@ -164,6 +164,9 @@ def capture_dit_attention(
         reduce: ``"mean"`` over heads (``[F, F]`` per block and step) or ``"per_head"``.
         steps: the transformer calls to record (0-based, in call order); all by default.
         batch_index: record one video of the batch only; ``None`` averages over the batch.
+        calls_per_step: transformer calls per denoising step; only the first of each is recorded
+            (2 for :func:`vstar_model.sampling.dit.generate_video`: the conditional call, then the
+            unconditional one).
 
     Use as ``with capture_dit_attention(transformer) as recorder: transformer(...)``. TAR may be
     applied inside or outside the block. Every ``attn1`` gets a
@@ -178,7 +181,11 @@ def capture_dit_attention(
     blocks = dit_self_attention_blocks(transformer)
     if not blocks:
         raise ValueError(f"{type(transformer).__name__} has no transformer blocks with self-attention to capture")
-    recorder = DiTAttentionRecorder(blocks, reduce=reduce, steps=_check_steps(steps), batch_index=batch_index)
+    if isinstance(calls_per_step, bool) or not isinstance(calls_per_step, int) or calls_per_step < 1:
+        raise ValueError(f"calls_per_step must be an int >= 1, got {calls_per_step!r}")
+    recorder = DiTAttentionRecorder(
+        blocks, reduce=reduce, steps=_check_steps(steps), batch_index=batch_index, calls_per_step=calls_per_step
+    )
     layout = TokenLayout(transformer.config.patch_size)
     current = transformer.attn_processors
     swapped: dict[str, object] = {}
@@ -209,18 +216,6 @@ def capture_dit_attention(
             transformer.get_submodule(name.removesuffix(".processor")).set_processor(processor)
 
 
-def _chain(first: DiTAttentionProbe | None, second: DiTAttentionProbe) -> DiTAttentionProbe:
-    """``second`` after ``first``, so that nested captures all record."""
-    if first is None:
-        return second
-
-    def both(query, key, **kwargs) -> None:
-        first(query, key, **kwargs)
-        second(query, key, **kwargs)
-
-    return both
-
-
 def block_maps(layer_maps: Mapping[str, torch.Tensor], blocks: Mapping[str, int]) -> dict[int, torch.Tensor]:
     """Block index → its map, first block first (the DiT counterpart of ``level_maps``)."""
     unknown = sorted(set(layer_maps) - set(blocks))
@@ -240,3 +235,105 @@ def dit_attention_rows(
         raise ValueError("context field 'block' would overwrite a computed column")
     rows = attention_rows(layer_maps, blocks, width=width, **context)
     return [{("block" if name == "level" else name): value for name, value in row.items()} for row in rows]
+
+
+# --- real and generated Wan videos ---------------------------------------------------------------
+
+# generate_video makes a conditional, then an unconditional transformer call per step.
+GUIDANCE_CALLS_PER_STEP = 2
+
+
+def generated_video_dit_attention(
+    model: WanVideoModel,
+    states: Sequence[str],
+    config: FlowMatchingConfig,
+    *,
+    seed: int,
+    tar=None,
+    steps: Collection[int] | None = None,
+    reduce: Reduce = "mean",
+) -> tuple[GeneratedVideo, DiTAttentionRecorder]:
+    """Generate a Wan video with :func:`vstar_model.sampling.dit.generate_video` and record its maps.
+
+    The maps are the conditional call's at the denoising ``steps`` given (all by default); the
+    video is the one generated without capture.
+    """
+    from vstar_model.sampling.dit import generate_video
+
+    with capture_dit_attention(
+        model.transformer, reduce=reduce, steps=steps, calls_per_step=GUIDANCE_CALLS_PER_STEP
+    ) as recorder:
+        video = generate_video(model, states, config, seed=seed, tar=tar)
+    return video, recorder
+
+
+@torch.no_grad()
+def encode_wan_frames(model: WanVideoModel, frames: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[N, H, W, 3]`` frames (N = 4k + 1) → normalised latents ``[1, C, 1 + (N − 1)/4, H/8, W/8]``.
+
+    The mean of the VAE posterior, normalised with the VAE's ``latents_mean``/``latents_std``: the
+    inverse of :func:`vstar_model.sampling.dit.decode_latents`.
+    """
+    _check_frames(frames)
+    model.preset.check_frames(frames.shape[0])
+    factor = model.vae_scale_factor
+    if frames.shape[1] % factor or frames.shape[2] % factor:
+        raise ValueError(
+            f"frames are {frames.shape[1]}×{frames.shape[2]}; height and width must be multiples of "
+            f"{factor} (see resize_frames)"
+        )
+    video = frames.to(model.device).permute(3, 0, 1, 2).unsqueeze(0).to(model.vae.dtype) / 127.5 - 1.0
+    latents = model.vae.encode(video).latent_dist.mode().float()
+    config = model.vae.config
+    mean = torch.tensor(config.latents_mean, device=latents.device).view(1, -1, 1, 1, 1)
+    std = torch.tensor(config.latents_std, device=latents.device).view(1, -1, 1, 1, 1)
+    return (latents - mean) / std
+
+
+@torch.no_grad()
+def real_video_dit_attention(
+    model: WanVideoModel,
+    frames: torch.Tensor,
+    *,
+    prompt: str = "",
+    timestep: int = DEFAULT_TIMESTEP,
+    seed: int = 0,
+    reduce: Reduce = "mean",
+) -> dict[str, torch.Tensor]:
+    """Frame-to-frame maps of a real clip (paper §3.3 for Wan): noise its latent to ``timestep``,
+    run the transformer once.
+
+    Flow matching noises as ``x_t = (1 − σ)·x₀ + σ·ε`` with ``σ = timestep / 1000`` (Wan's
+    transformer takes ``1000·σ`` as its timestep).
+
+    Args:
+        frames: uint8 ``[N, H, W, 3]``, N = 4k + 1, H and W multiples of 8 (see ``resize_frames``).
+        prompt: the text condition (one transformer call, no guidance).
+        timestep: in ``[0, 1000)``: larger is noisier.
+        seed: seed of the added noise.
+        reduce: as for :func:`capture_dit_attention`.
+
+    Returns:
+        Processor name → float32 map ``[F', F']`` (``[heads, F', F']`` with ``"per_head"``);
+        :func:`~vstar_model.tar.dit.dit_self_attention_blocks` gives each layer's block.
+    """
+    from vstar_model.sampling.dit import encode_text
+
+    num_train_timesteps = 1000
+    if isinstance(timestep, bool) or not isinstance(timestep, int) or not 0 <= timestep < num_train_timesteps:
+        raise ValueError(f"timestep must be an int in [0, {num_train_timesteps}), got {timestep!r}")
+    with model.lock:
+        latents = encode_wan_frames(model, frames)
+        generator = torch.Generator(device=model.device).manual_seed(seed)
+        noise = torch.randn(latents.shape, generator=generator, device=model.device, dtype=latents.dtype)
+        sigma = timestep / num_train_timesteps
+        noisy = (1.0 - sigma) * latents + sigma * noise
+        text = encode_text(model, [prompt])
+        with capture_dit_attention(model.transformer, reduce=reduce) as recorder:
+            model.transformer(
+                hidden_states=noisy.to(model.dtype),
+                timestep=torch.tensor([float(timestep)], device=model.device),
+                encoder_hidden_states=text,
+                return_dict=False,
+            )
+    return recorder.maps_at(0)

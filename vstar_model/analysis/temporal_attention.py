@@ -83,35 +83,13 @@ def mean_attention_map(
     return total if per_head else total.mean(dim=0)
 
 
-class AttentionRecorder:
-    """The maps recorded by :func:`capture_attention`.
+class MapRecorder:
+    """Maps recorded per (step, layer) during a capture: what the UNet and DiT recorders share."""
 
-    Attributes:
-        maps: (step, processor name) → float32 map on the UNet's device, ``[N, N]`` (or
-            ``[heads, N, N]`` with ``reduce="per_head"``). A step is the index of a UNet call
-            inside the capture block: with :func:`~vstar_model.sampling.unet.generate_video`, the
-            denoising step.
-        levels: processor name → level (64, 32, 16, 8) of every captured layer.
-        timesteps: step → diffusion timestep of that UNet call, for the recorded steps.
-    """
-
-    def __init__(
-        self,
-        levels: Mapping[str, int],
-        *,
-        reduce: Reduce,
-        steps: frozenset[int] | None,
-        batch_index: int | None,
-    ):
+    def __init__(self):
         self.maps: dict[tuple[int, str], torch.Tensor] = {}
-        self.levels = dict(levels)
-        self.timesteps: dict[int, int] = {}
-        self.reduce = reduce
-        self._steps = steps
-        self._batch_index = batch_index
-        self._calls = 0
+        self.timesteps: dict[int, float] = {}
         self._recording = False
-        self._batch_size = 1
 
     @property
     def steps(self) -> list[int]:
@@ -132,6 +110,39 @@ class AttentionRecorder:
         if not per_step:
             raise ValueError("no steps were recorded")
         return {name: torch.stack([maps[name] for maps in per_step]).mean(dim=0) for name in per_step[0]}
+
+    def _end_call(self, *_: Any) -> None:
+        """Model forward hook: layers called outside a model call are not recorded."""
+        self._recording = False
+
+
+class AttentionRecorder(MapRecorder):
+    """The maps recorded by :func:`capture_attention`.
+
+    Attributes:
+        maps: (step, processor name) → float32 map on the UNet's device, ``[N, N]`` (or
+            ``[heads, N, N]`` with ``reduce="per_head"``). A step is the index of a UNet call
+            inside the capture block: with :func:`~vstar_model.sampling.unet.generate_video`, the
+            denoising step.
+        levels: processor name → level (64, 32, 16, 8) of every captured layer.
+        timesteps: step → diffusion timestep of that UNet call, for the recorded steps.
+    """
+
+    def __init__(
+        self,
+        levels: Mapping[str, int],
+        *,
+        reduce: Reduce,
+        steps: frozenset[int] | None,
+        batch_index: int | None,
+    ):
+        super().__init__()
+        self.levels = dict(levels)
+        self.reduce = reduce
+        self._steps = steps
+        self._batch_index = batch_index
+        self._calls = 0
+        self._batch_size = 1
 
     def _probe(self, name: str) -> AttentionProbe:
         """The :class:`~vstar_model.tar.unet.AttentionProbe` of the layer ``name``."""
@@ -157,10 +168,6 @@ class AttentionRecorder:
                 f"{self._batch_size} video(s)"
             )
         self.timesteps[step] = int(timestep.flatten()[0]) if torch.is_tensor(timestep) else int(timestep)
-
-    def _end_call(self, *_: Any) -> None:
-        """UNet forward hook: layers called outside a UNet call are not recorded."""
-        self._recording = False
 
     def _record(
         self,

@@ -18,7 +18,7 @@ WAN_NEGATIVE_PROMPT = (
     "background, three legs, many people in the background, walking backwards"
 )
 _WAN_COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
-# vstar_model.tar.dit.DEFAULT_PRESET: TAR on the first 10 blocks, σ = 1 latent frame, half strength.
+# vstar_model.tar.dit.DEFAULT_PRESET: TAR on the first 10 of 30 blocks, σ = 1 latent frame, half strength.
 WAN_DEFAULT_TAR = "b0-9D1s0.5"
 
 
@@ -160,7 +160,9 @@ PRESETS: dict[str, BackbonePreset] = {
         max_frames=32,
     ),
     "wan2.1-1.3b": _WAN_1_3B,
-    "wan2.1-14b": replace(_WAN_1_3B, name="wan2.1-14b", source="Wan-AI/Wan2.1-T2V-14B-Diffusers"),
+    # TAR on the first third of its 40 blocks, as the 1.3B default on the first third of its 30.
+    "wan2.1-14b": replace(_WAN_1_3B, name="wan2.1-14b", source="Wan-AI/Wan2.1-T2V-14B-Diffusers",
+                          default_tar="b0-12D1s0.5"),
     # A random miniature of Wan 2.1 (vstar_model.backbones.tiny_wan) built on first use, for tests and
     # offline runs. Its head dim of 32 gives a 12-dim temporal RoPE (6 frequencies); RIFLEx k = 2
     # (period ≈ 29 latent frames) is the lowest one a 161-frame clip (41 latent frames) outruns.

@@ -103,8 +103,8 @@ class DiTTARConfig:
 
     Attributes:
         ranges: the block ranges, each with its σ and strength; no block in two ranges.
-        active_steps: TAR runs in the leading denoising steps: an int is a step count, a float in
-            (0, 1] a fraction of the steps, rounded half up (as :class:`vstar_model.tar.unet.TARConfig`).
+        active_steps: TAR runs in this leading fraction of the denoising steps, in (0, 1], rounded
+            half up (0.56 of 50 steps → steps 0–27), as for UNets.
         row_max: ``"exact"`` (m_i over all keys, the paper's definition) or ``"frame"`` (over the
             query's own latent frame; see :func:`~vstar_model.tar.full_attention.frame_row_max`).
         kernel: ``"flex"`` (fused FlexAttention, compiled on first use per shape), ``"tiled"``
@@ -113,7 +113,7 @@ class DiTTARConfig:
     """
 
     ranges: tuple[BlockRange, ...]
-    active_steps: int | float = DEFAULT_ACTIVE_STEPS
+    active_steps: float = DEFAULT_ACTIVE_STEPS
     row_max: RowMax = "exact"
     kernel: Kernel = "auto"
     _by_block: dict[int, BlockRange] = field(init=False, repr=False, compare=False)
@@ -174,8 +174,6 @@ class DiTTARConfig:
         """The canonical preset string (for records): ranges, then the window and row max if not default."""
         parts = [part.preset for part in self.ranges]
         if self.active_steps != DEFAULT_ACTIVE_STEPS:
-            if isinstance(self.active_steps, int):
-                raise ValueError("a step count as active_steps has no preset syntax; use a fraction")
             parts.append(f"w{self.active_steps:g}")
         if self.row_max == "frame":
             parts.append(_FRAME_MAX_PART)
@@ -188,8 +186,6 @@ class DiTTARConfig:
 
     def num_active_steps(self, num_steps: int) -> int:
         """How many leading steps of a ``num_steps``-step schedule TAR runs in."""
-        if isinstance(self.active_steps, int):
-            return min(self.active_steps, num_steps)
         return math.floor(self.active_steps * num_steps + 0.5)
 
 
@@ -198,13 +194,8 @@ def _span(blocks: list[int]) -> str:
 
 
 def _check_active_steps(active_steps: object) -> None:
-    if isinstance(active_steps, bool) or not isinstance(active_steps, (int, float)):
-        raise ValueError(f"TAR active_steps must be an int or a float fraction, got {active_steps!r}")
-    if isinstance(active_steps, int):
-        if active_steps < 1:
-            raise ValueError(f"TAR active_steps as a step count must be >= 1, got {active_steps!r}")
-    elif not 0.0 < active_steps <= 1.0:  # also rejects NaN
-        raise ValueError(f"TAR active_steps as a fraction must be in (0, 1], got {active_steps!r}")
+    if not isinstance(active_steps, float) or not 0.0 < active_steps <= 1.0:  # also rejects NaN
+        raise ValueError(f"DiT TAR active_steps must be a fraction of the steps in (0, 1], got {active_steps!r}")
 
 
 def parse_dit_tar(spec: DiTTARConfig | str | None) -> DiTTARConfig | None:

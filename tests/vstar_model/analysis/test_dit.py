@@ -199,3 +199,72 @@ def test_rows_block_maps_and_plots_per_block(wan_transformer):
     with pytest.raises(ValueError, match="'block' would overwrite"):
         dit_attention_rows(maps, recorder.blocks, block=1)
 
+
+
+def test_calls_per_step_records_the_first_call_of_each_step(wan_transformer):
+    inputs = [_inputs(batch=1, seed=seed) for seed in range(4)]
+    with capture_dit_attention(wan_transformer, calls_per_step=2) as grouped:
+        for latents, text in inputs:
+            _run(wan_transformer, latents, text)
+    singles = []
+    for latents, text in (inputs[0], inputs[2]):
+        with capture_dit_attention(wan_transformer) as single:
+            _run(wan_transformer, latents, text)
+        singles.append(single.maps_at(0))
+    assert grouped.steps == [0, 1]
+    for step, expected in enumerate(singles):
+        for name, attention in grouped.maps_at(step).items():
+            torch.testing.assert_close(attention, expected[name])
+    with pytest.raises(ValueError, match="calls_per_step must be an int >= 1"):
+        with capture_dit_attention(wan_transformer, calls_per_step=0):
+            pass
+
+
+@pytest.fixture(scope="module")
+def tiny_wan(tiny_wan_dir):
+    from vstar_model.backbones.loading import load_backbone
+
+    return load_backbone("tiny-wan", path=tiny_wan_dir)
+
+
+def test_generated_video_maps_are_the_conditional_calls_of_each_step(tiny_wan):
+    from vstar_model.analysis.dit import generated_video_dit_attention
+    from vstar_model.sampling.dit import FlowMatchingConfig, generate_video
+
+    config = FlowMatchingConfig(num_frames=17, height=32, width=32, num_inference_steps=3)
+    conditional_timesteps = []
+    hook = tiny_wan.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: conditional_timesteps.append(float(kwargs["timestep"][0])), with_kwargs=True
+    )
+    try:
+        plain = generate_video(tiny_wan, ["snow", "spring"], config, seed=0)
+    finally:
+        hook.remove()
+    video, recorder = generated_video_dit_attention(tiny_wan, ["snow", "spring"], config, seed=0, tar="b0D1")
+    assert recorder.steps == [0, 1, 2]
+    assert [recorder.timesteps[s] for s in recorder.steps] == conditional_timesteps[::2]
+    assert set(recorder.blocks.values()) == {0, 1}
+    assert not torch.equal(video.frames, plain.frames)  # TAR was active
+    _, untouched = generated_video_dit_attention(tiny_wan, ["snow", "spring"], config, seed=0)
+    assert float(band_score(recorder.maps[(0, "blocks.0.attn1.processor")])) > float(
+        band_score(untouched.maps[(0, "blocks.0.attn1.processor")])
+    )
+
+
+def test_real_clip_maps_come_from_the_noised_latent(tiny_wan):
+    from vstar_model.analysis.dit import encode_wan_frames, real_video_dit_attention
+
+    frames = torch.randint(0, 255, (17, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    latents = encode_wan_frames(tiny_wan, frames)
+    assert latents.shape == (1, 4, 5, 4, 4)
+    maps = real_video_dit_attention(tiny_wan, frames, timestep=500, seed=0)
+    assert set(maps) == {"blocks.0.attn1.processor", "blocks.1.attn1.processor"}
+    for attention in maps.values():
+        assert attention.shape == (5, 5)
+        torch.testing.assert_close(attention.sum(-1), torch.ones(5))
+    other_noise = real_video_dit_attention(tiny_wan, frames, timestep=500, seed=1)
+    assert not torch.allclose(other_noise["blocks.0.attn1.processor"], maps["blocks.0.attn1.processor"])
+    with pytest.raises(ValueError, match="makes 4k\\+1 frames"):
+        encode_wan_frames(tiny_wan, frames[:16])
+    with pytest.raises(ValueError, match="timestep must be an int in \\[0, 1000\\)"):
+        real_video_dit_attention(tiny_wan, frames, timestep=1000)

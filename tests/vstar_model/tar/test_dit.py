@@ -82,7 +82,7 @@ def test_off(spec):
         ("b9-0D1", "b9-0 ends before it starts"),
         ("b0-9D0", "sigma must be > 0"),
         ("b0-9D1s0", "strength must be a finite number > 0, got 0.0"),
-        ("b0-9D1_w0", r"active_steps as a fraction must be in \(0, 1\], got 0.0"),
+        ("b0-9D1_w0", r"active_steps must be a fraction of the steps in \(0, 1\], got 0.0"),
         ("b0-9D1_w1.5", "got 1.5"),
     ],
 )
@@ -97,7 +97,7 @@ def test_invalid_presets_name_the_problem(spec, message):
         (dict(ranges=()), "non-empty sequence of BlockRange"),
         (dict(ranges=(BlockRange(0, 1, 1.0),), row_max="lse"), "unknown DiT TAR row max 'lse'"),
         (dict(ranges=(BlockRange(0, 1, 1.0),), kernel="cuda"), "unknown DiT TAR kernel 'cuda'"),
-        (dict(ranges=(BlockRange(0, 1, 1.0),), active_steps=0), "as a step count must be >= 1"),
+        (dict(ranges=(BlockRange(0, 1, 1.0),), active_steps=10), "a fraction of the steps in \\(0, 1\\], got 10"),
     ],
 )
 def test_invalid_configs(kwargs, message):
@@ -110,7 +110,7 @@ def test_not_a_preset():
         parse_dit_tar({0: 1.0})
 
 
-@pytest.mark.parametrize(("active_steps", "num_steps", "expected"), [(0.56, 25, 14), (0.56, 50, 28), (1.0, 4, 4), (3, 50, 3), (9, 4, 4)])
+@pytest.mark.parametrize(("active_steps", "num_steps", "expected"), [(0.56, 25, 14), (0.56, 50, 28), (1.0, 4, 4), (0.1, 4, 0)])
 def test_num_active_steps(active_steps, num_steps, expected):
     config = DiTTARConfig(ranges=(BlockRange(0, 0, 1.0),), active_steps=active_steps)
     assert config.num_active_steps(num_steps) == expected
@@ -299,3 +299,46 @@ def test_low_precision_keeps_the_layer_dtype(wan_transformer):
     with apply_dit_tar(wan_transformer, "b0-2D1"):
         out = _run(wan_transformer, latents.bfloat16(), text.bfloat16())
     assert out.dtype == torch.bfloat16 and bool(torch.isfinite(out).all())
+
+
+# --- through the Wan sampling loop and presets --------------------------------------------------
+
+
+def test_wan_presets_default_to_a_dit_preset_that_fits_their_blocks(tiny_wan_dir):
+    from vstar_model.backbones.loading import load_backbone
+    from vstar_model.backbones.presets import get_preset
+
+    # Block counts of the published configs (transformer/config.json "num_layers"): not loadable offline.
+    for name, num_layers in [("wan2.1-1.3b", 30), ("wan2.1-14b", 40)]:
+        blocks = parse_dit_tar(get_preset(name).default_tar).blocks
+        assert blocks and max(blocks) < num_layers and len(blocks) == num_layers // 3
+    tiny = load_backbone("tiny-wan", path=tiny_wan_dir)
+    with apply_dit_tar(tiny.transformer, get_preset("tiny-wan").default_tar) as handle:
+        assert list(handle.blocks.values()) == [0, 1]
+
+
+def test_tar_runs_in_the_sampling_loops_step_window_in_both_guidance_calls(tiny_wan_dir):
+    from vstar_model.backbones.loading import load_backbone
+    from vstar_model.sampling.dit import FlowMatchingConfig, generate_video
+
+    tiny = load_backbone("tiny-wan", path=tiny_wan_dir)
+    config = FlowMatchingConfig(num_frames=17, height=32, width=32, num_inference_steps=4)
+    regularised_calls = []
+
+    class Watch(DiTSelfAttnProcessor):
+        """Installed before TAR: apply_dit_tar carries its probe over to the TAR processor."""
+
+    from vstar_model.tar.dit import TokenLayout
+
+    attn = tiny.transformer.blocks[0].attn1
+    stock = attn.processor
+    attn.set_processor(
+        Watch(TokenLayout((1, 2, 2)), probe=lambda q, k, *, band, **_: regularised_calls.append(band is not None))
+    )
+    try:
+        with_tar = generate_video(tiny, ["snow", "spring"], config, seed=0, tar="b0D1_w0.5").frames
+    finally:
+        attn.set_processor(stock)
+    assert regularised_calls == [True] * 4 + [False] * 4  # steps 0–1 of 4, conditional and unconditional
+    without = generate_video(tiny, ["snow", "spring"], config, seed=0, tar="off").frames
+    assert not torch.equal(with_tar, without)

@@ -60,6 +60,13 @@ def test_float32_matches_the_dense_definition(sigma, strength):
     assert not torch.allclose(expected, F.scaled_dot_product_attention(query, key, value), atol=1e-3)
 
 
+def test_band_rows_are_query_frames_and_columns_key_frames():
+    query, key, value = _qkv()
+    band = gaussian_band(FRAMES, 1.0, dtype=torch.float64) + 0.5 * torch.ones(FRAMES, FRAMES).triu(1).double()
+    torch.testing.assert_close(tar_attention_3d(query, key, value, band, FRAMES), _dense(query, key, value, band, FRAMES))
+    assert not torch.allclose(_dense(query, key, value, band, FRAMES), _dense(query, key, value, band.T, FRAMES), atol=1e-3)
+
+
 def test_negative_row_maxima_keep_their_sign():
     query, key, value = _negative_and_positive_rows()
     row_max = attention_row_max(query, key)
@@ -183,7 +190,8 @@ def test_shape_errors():
 @pytest.mark.compiled
 def test_fused_flex_path_matches_the_reference():
     query, key, value = (x.float() for x in _negative_and_positive_rows())
-    band = gaussian_band(FRAMES, 1.0)
+    # Not symmetric, so that query and key frames swapped in the score_mod would show.
+    band = gaussian_band(FRAMES, 1.0) + 0.5 * torch.ones(FRAMES, FRAMES).triu(1)
     expected = tar_attention_3d(query, key, value, band, FRAMES, strength=0.7)
     fused = flex_tar_attention_3d(query, key, value, band, FRAMES, strength=0.7)
     torch.testing.assert_close(fused, expected, atol=1e-5, rtol=1e-5)
