@@ -25,7 +25,8 @@ def test_wan_presets_carry_wans_defaults():
 def test_wan_presets_default_to_the_dit_tar_preset_and_tiny_wan_to_both_its_blocks():
     from vstar_model.tar.dit import DEFAULT_PRESET, parse_dit_tar
 
-    assert get_preset("wan2.1-1.3b").default_tar == get_preset("wan2.1-14b").default_tar == DEFAULT_PRESET
+    assert get_preset("wan2.1-1.3b").default_tar == DEFAULT_PRESET  # the first 10 of its 30 blocks
+    assert get_preset("wan2.1-14b").default_tar == "b0-12D1s0.5"  # the first third of its 40
     tiny = parse_dit_tar(get_preset("tiny-wan").default_tar)
     assert sorted(tiny.blocks) == list(range(len(build_tiny_wan_transformer().blocks)))
 
