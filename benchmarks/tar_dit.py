@@ -250,7 +250,8 @@ def run(args, frames: int) -> None:
             f"{memory} {peak / 2**30:.2f} GiB ({peak / off_peak:.2f}× off)"
         )
     plain = costs.pop("plain attention (SDPA)")
-    print(f"  one TAR layer ({query.shape[0]}×{query.shape[1]} heads×{query.shape[-2]} tokens): SDPA {plain * 1e3:.1f} ms")
+    layer = f"{query.shape[0]}×{query.shape[1]} heads×{query.shape[-2]} tokens"
+    print(f"  one TAR layer ({layer}): SDPA {plain * 1e3:.1f} ms")
     for name, seconds in costs.items():
         print(f"    {name}: {seconds / plain:.2f}× SDPA")
     if "exact/tiled" in outputs or "exact/flex" in outputs:
@@ -269,7 +270,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--size", choices=sorted(SIZES), help="default: mid on CPU, 1.3b on CUDA")
-    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), help="default: float32 on CPU, bfloat16 on CUDA")
+    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"),
+                        help="default: float32 on CPU, bfloat16 on CUDA")
     parser.add_argument("--frames", type=int, action="append", help="pixel frames (N ≡ 1 mod 4); repeatable")
     parser.add_argument("--tar", help="DiT TAR preset (default: the size's)")
     parser.add_argument("--variants", nargs="+", choices=("exact/tiled", "exact/flex", "frame/flex", "frame/tiled"))

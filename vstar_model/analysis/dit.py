@@ -28,10 +28,10 @@ from vstar_model.analysis.temporal_attention import (
     REDUCE_MODES,
     MapRecorder,
     Reduce,
-    _chain,
     _check_frames,
     _check_steps,
     attention_rows,
+    probes_installed,
 )
 from vstar_model.tar.dit import DiTAttentionProbe, DiTSelfAttnProcessor, TokenLayout, dit_self_attention_blocks
 from vstar_model.tar.full_attention import attention_probability_tiles, tokens_per_frame
@@ -187,33 +187,24 @@ def capture_dit_attention(
         blocks, reduce=reduce, steps=_check_steps(steps), batch_index=batch_index, calls_per_step=calls_per_step
     )
     layout = TokenLayout(transformer.config.patch_size)
-    current = transformer.attn_processors
-    swapped: dict[str, object] = {}
-    probed: dict[str, tuple[DiTSelfAttnProcessor, DiTAttentionProbe | None]] = {}
-    for name in blocks:
-        processor = current[name]
-        if isinstance(processor, DiTSelfAttnProcessor):
-            probed[name] = (processor, processor.probe)
-            processor.probe = _chain(processor.probe, recorder._probe(name))
-        else:
-            swapped[name] = processor
-            capturing = DiTSelfAttnProcessor(layout, probe=recorder._probe(name))
-            capturing._attention_backend = getattr(processor, "_attention_backend", None)
-            transformer.get_submodule(name.removesuffix(".processor")).set_processor(capturing)
-    hooks = [
-        transformer.register_forward_pre_hook(layout.hook, with_kwargs=True),
-        transformer.register_forward_pre_hook(recorder._begin_call, with_kwargs=True),
-        transformer.register_forward_hook(recorder._end_call, always_call=True),
-    ]
-    try:
-        yield recorder
-    finally:
-        for hook in hooks:
-            hook.remove()
-        for processor, probe in probed.values():
-            processor.probe = probe
-        for name, processor in swapped.items():
-            transformer.get_submodule(name.removesuffix(".processor")).set_processor(processor)
+
+    def capturing(previous, probe) -> DiTSelfAttnProcessor:
+        processor = DiTSelfAttnProcessor(layout, probe=probe)
+        processor._attention_backend = getattr(previous, "_attention_backend", None)
+        return processor
+
+    probes = {name: recorder._probe(name) for name in blocks}
+    with probes_installed(transformer, probes, DiTSelfAttnProcessor, capturing):
+        hooks = [
+            transformer.register_forward_pre_hook(layout.hook, with_kwargs=True),
+            transformer.register_forward_pre_hook(recorder._begin_call, with_kwargs=True),
+            transformer.register_forward_hook(recorder._end_call, always_call=True),
+        ]
+        try:
+            yield recorder
+        finally:
+            for hook in hooks:
+                hook.remove()
 
 
 def block_maps(layer_maps: Mapping[str, torch.Tensor], blocks: Mapping[str, int]) -> dict[int, torch.Tensor]:

@@ -17,7 +17,7 @@ table rows so runs and backbones can be compared.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal, NamedTuple
 
@@ -240,31 +240,50 @@ def capture_attention(
         raise ValueError(f"{type(unet).__name__} has no temporal attention layers to capture")
     recorder = AttentionRecorder(levels, reduce=reduce, steps=_check_steps(steps), batch_index=batch_index)
 
-    current = unet.attn_processors
+    probes = {name: recorder._probe(name) for name in levels}
+    with probes_installed(unet, probes, TemporalAttnProcessor, lambda _, probe: TemporalAttnProcessor(probe=probe)):
+        hooks = [
+            unet.register_forward_pre_hook(recorder._begin_call, with_kwargs=True),
+            unet.register_forward_hook(recorder._end_call, always_call=True),
+        ]
+        try:
+            yield recorder
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+
+@contextmanager
+def probes_installed(
+    model: torch.nn.Module,
+    probes: Mapping[str, Callable[..., None]],
+    probing_type: type,
+    capturing: Callable[[object, Callable[..., None]], object],
+) -> Iterator[None]:
+    """Give each layer named in ``probes`` (processor names) its probe until the block ends.
+
+    A processor of ``probing_type`` already there keeps its own work and gets the probe after any it
+    has (so captures nest, and a TAR processor records its regularised map); any other processor is
+    swapped for ``capturing(previous, probe)`` and put back at the end.
+    """
+    current = model.attn_processors
     swapped: dict[str, object] = {}
-    probed: dict[str, tuple[TemporalAttnProcessor, AttentionProbe | None]] = {}
-    for name in levels:
-        processor = current[name]
-        if isinstance(processor, TemporalAttnProcessor):
-            probed[name] = (processor, processor.probe)
-            processor.probe = _chain(processor.probe, recorder._probe(name))
-        else:
-            swapped[name] = processor
-            capturing = TemporalAttnProcessor(probe=recorder._probe(name))
-            _attention_module(unet, name).set_processor(capturing)
-    hooks = [
-        unet.register_forward_pre_hook(recorder._begin_call, with_kwargs=True),
-        unet.register_forward_hook(recorder._end_call, always_call=True),
-    ]
+    probed: dict[str, tuple[object, Callable[..., None] | None]] = {}
     try:
-        yield recorder
+        for name, probe in probes.items():
+            processor = current[name]
+            if isinstance(processor, probing_type):
+                probed[name] = (processor, processor.probe)
+                processor.probe = _chain(processor.probe, probe)
+            else:
+                swapped[name] = processor
+                _attention_module(model, name).set_processor(capturing(processor, probe))
+        yield
     finally:
-        for hook in hooks:
-            hook.remove()
         for processor, probe in probed.values():
             processor.probe = probe
         for name, processor in swapped.items():
-            _attention_module(unet, name).set_processor(processor)
+            _attention_module(model, name).set_processor(processor)
 
 
 def _chain(first: AttentionProbe | None, second: AttentionProbe) -> AttentionProbe:

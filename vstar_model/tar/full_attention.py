@@ -93,8 +93,8 @@ def attention_row_max(query: torch.Tensor, key: torch.Tensor, *, scale: float | 
         scale: logit scale, ``1/√head_dim`` by default.
 
     Returns:
-        ``[batch, heads, L]``, float32 (float64 for float64 inputs). ``QKᵀ`` is computed a tile of queries at a time (in the
-        inputs' dtype), never the whole L×L map.
+        ``[batch, heads, L]``, float32 (float64 for float64 inputs). ``QKᵀ`` is computed a tile of
+        queries at a time (in the inputs' dtype), never the whole L×L map.
     """
     scale = _scale(query, scale)
     length = query.shape[-2]

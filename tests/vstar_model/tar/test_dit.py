@@ -110,7 +110,9 @@ def test_not_a_preset():
         parse_dit_tar({0: 1.0})
 
 
-@pytest.mark.parametrize(("active_steps", "num_steps", "expected"), [(0.56, 25, 14), (0.56, 50, 28), (1.0, 4, 4), (0.1, 4, 0)])
+@pytest.mark.parametrize(
+    ("active_steps", "num_steps", "expected"), [(0.56, 25, 14), (0.56, 50, 28), (1.0, 4, 4), (0.1, 4, 0)]
+)
 def test_num_active_steps(active_steps, num_steps, expected):
     config = DiTTARConfig(ranges=(BlockRange(0, 0, 1.0),), active_steps=active_steps)
     assert config.num_active_steps(num_steps) == expected
@@ -149,7 +151,8 @@ def test_off_installs_nothing(wan_transformer):
 
 
 def test_blocks_absent_from_the_model_are_rejected(wan_transformer):
-    with pytest.raises(ValueError, match=r"DiT TAR block\(s\) 3–9 are not in WanTransformer3DModel, which has blocks 0–2"):
+    message = r"DiT TAR block\(s\) 3–9 are not in WanTransformer3DModel, which has blocks 0–2"
+    with pytest.raises(ValueError, match=message):
         apply_dit_tar(wan_transformer, "b0-9D1")
     assert all(isinstance(p, WanAttnProcessor) for p in wan_transformer.attn_processors.values())
 

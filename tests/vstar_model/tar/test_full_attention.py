@@ -63,8 +63,9 @@ def test_float32_matches_the_dense_definition(sigma, strength):
 def test_band_rows_are_query_frames_and_columns_key_frames():
     query, key, value = _qkv()
     band = gaussian_band(FRAMES, 1.0, dtype=torch.float64) + 0.5 * torch.ones(FRAMES, FRAMES).triu(1).double()
-    torch.testing.assert_close(tar_attention_3d(query, key, value, band, FRAMES), _dense(query, key, value, band, FRAMES))
-    assert not torch.allclose(_dense(query, key, value, band, FRAMES), _dense(query, key, value, band.T, FRAMES), atol=1e-3)
+    expected = _dense(query, key, value, band, FRAMES)
+    torch.testing.assert_close(tar_attention_3d(query, key, value, band, FRAMES), expected)
+    assert not torch.allclose(expected, _dense(query, key, value, band.T, FRAMES), atol=1e-3)
 
 
 def test_negative_row_maxima_keep_their_sign():
@@ -120,7 +121,8 @@ def test_explicit_scale():
     band = gaussian_band(FRAMES, 2.0, dtype=torch.float64)
     expected = _dense(query, key, value, band, FRAMES, scale=0.05)
     torch.testing.assert_close(tar_attention_3d(query, key, value, band, FRAMES, scale=0.05), expected)
-    torch.testing.assert_close(attention_row_max(query, key, scale=0.05), (query @ key.transpose(-1, -2) * 0.05).amax(-1))
+    expected_max = (query @ key.transpose(-1, -2) * 0.05).amax(-1)
+    torch.testing.assert_close(attention_row_max(query, key, scale=0.05), expected_max)
 
 
 def test_batch_elements_and_heads_are_independent():
@@ -128,7 +130,9 @@ def test_batch_elements_and_heads_are_independent():
     query[1:] *= 7  # very different logit ranges: a max shared across elements would couple them
     band = gaussian_band(FRAMES, 1.0, dtype=torch.float64)
     together = tar_attention_3d(query, key, value, band, FRAMES)
-    apart = torch.cat([tar_attention_3d(query[i : i + 1], key[i : i + 1], value[i : i + 1], band, FRAMES) for i in range(3)])
+    apart = torch.cat(
+        [tar_attention_3d(query[i : i + 1], key[i : i + 1], value[i : i + 1], band, FRAMES) for i in range(3)]
+    )
     torch.testing.assert_close(together, apart)
 
 
@@ -165,7 +169,8 @@ def test_value_may_have_its_own_head_dim():
     query, key, _ = _qkv()
     value = torch.randn(2, 3, FRAMES * TOKENS, 5, dtype=torch.float64)
     band = gaussian_band(FRAMES, 1.0, dtype=torch.float64)
-    torch.testing.assert_close(tar_attention_3d(query, key, value, band, FRAMES), _dense(query, key, value, band, FRAMES))
+    expected = _dense(query, key, value, band, FRAMES)
+    torch.testing.assert_close(tar_attention_3d(query, key, value, band, FRAMES), expected)
 
 
 def test_shape_errors():
