@@ -176,18 +176,23 @@ def _level_sets(specs: list[str] | None) -> list[list[int]] | None:
 def produce(
     catalog: str = typer.Argument(..., help="catalog file or URL (YAML, JSON, CSV, Parquet)"),
     out: str = typer.Option("./outputs", "--out", help="output root: local path or fsspec URL"),
-    model: str = typer.Option("tiny", help="model preset: tiny, modelscope, zeroscope, videocrafter2, animatediff"),
+    model: str = typer.Option(
+        "tiny", help="model preset: tiny, modelscope, zeroscope, videocrafter2, animatediff, tiny-wan, wan2.1-1.3b, "
+                     "wan2.1-14b"
+    ),
     model_path: Optional[str] = typer.Option(None, help="local directory of the model's weights"),
     frames: Optional[int] = typer.Option(None, min=1, help="frames per video (default: the preset's)"),
     max_frames: int = typer.Option(256, min=1, help="largest frames a catalog entry may ask for"),
     samples: int = typer.Option(1, min=1, help="videos per prompt (seeds seed, seed+1, …)"),
     seed: int = typer.Option(0, min=0),
-    tar: str = typer.Option(
-        "64D1", help="TAR preset, e.g. 64D1, 64D4, 64D1_32D8, off; or auto: σ searched per entry (needs --reference)"
+    tar: Optional[str] = typer.Option(
+        None, help="TAR preset: UNet levels (64D1, 64D4, 64D1_32D8), DiT blocks (b0-9D1s0.5), off, or auto: σ "
+                   "searched per entry (UNets, needs --reference) (default: the model's: 64D1 for UNets)"
     ),
     variant: list[str] = typer.Option(
-        ["vstar"], help="ablation variant(s), same seeds: vstar (VSP+TAR), tar, vsp, baseline, gtn, gtn+vstar "
-        "(noise fitted to --gtn-reference first); repeat for several"
+        ["vstar"], help="ablation variant(s), same seeds: vstar (VSP+TAR), tar, vsp, baseline; gtn, gtn+vstar "
+        "(UNets: noise fitted to --gtn-reference first); with RIFLEx (Wan): riflex, tar_riflex, vstar_riflex; "
+        "repeat for several"
     ),
     tar_band_from: Optional[str] = typer.Option(
         None, "--tar-band-from", help="real clip whose frame similarity (with --metric) is ΔA at the TAR levels"
@@ -212,6 +217,7 @@ def produce(
     width: Optional[int] = typer.Option(None, min=8),
     device: Optional[str] = typer.Option(None, help="cuda, cuda:1, cpu (default: cuda if available)"),
     dtype: Optional[str] = typer.Option(None, help="float16, bfloat16, float32"),
+    flow_shift: Optional[float] = typer.Option(None, help="flow-matching shift (Wan; default 3.0, 5.0 suits 720P)"),
     llm_model: str = typer.Option("openai/gpt-4o-mini", help="litellm model string for synopses"),
     llm_api_base: Optional[str] = typer.Option(None, help="OpenAI-compatible base URL (vLLM, Ollama…)"),
     metric: str = typer.Option("dreamsim_ensemble", help="dreamsim_<type>, pixel_cosine or none"),
@@ -253,17 +259,19 @@ def produce(
         from tasks.clips import check_clip_inputs
         from tasks.evaluate import EvaluationSettings
         from tasks.generate import GTNSettings
-        from tasks.jobs import ModelSettings, check_backbones
+        from tasks.jobs import ModelSettings, check_backbones, check_entries
         from tasks.synopsize import LLMSettings
         from tasks.tuning import TuningSettings, check_tuning
         from vstar_model.backbones.loading import BackboneNotFound
         from vstar_model.evaluation.dreamsim_weights import DreamSimWeightsMissing
 
         model_settings = ModelSettings(preset=model, path=model_path, device=device, dtype=dtype, steps=steps,
-                                       height=height, width=width)
+                                       height=height, width=width, flow_shift=flow_shift)
         try:
+            check_entries(list(entries), frames=frames, tar=tar, variants=variant, model=model_settings,
+                          tar_band_from=tar_band_from)  # what the backbone cannot make
             check_backbones(list(entries), model_settings)  # missing weights: a message, not a traceback
-        except BackboneNotFound as error:
+        except (BackboneNotFound, ValueError) as error:
             _fail(str(error))
         try:
             parameters = dict(
@@ -366,10 +374,12 @@ def analyze(
     out: str = typer.Option("./outputs", "--out", help="output root: local path or fsspec URL"),
     prompt: str = typer.Option("a landscape transitioning from winter to spring", help="prompt of the videos"),
     state: Optional[list[str]] = typer.Option(None, help="synopsis states (repeat); default: the prompt alone"),
-    frames: list[int] = typer.Option([16, 48], help="video lengths (repeat)"),
-    condition: list[str] = typer.Option(
-        ["off", "64D1", "identity@64", "ones@64"],
-        help="off, a TAR preset (σ sweep: 64D1, 64D4…) or a map replacement identity@64 / ones@64_32 (repeat)",
+    frames: Optional[list[int]] = typer.Option(None, help="video lengths (repeat); default 16 and 48 (Wan: 81 and 161, "
+                                               "tiny-wan 17 and 33)"),
+    condition: Optional[list[str]] = typer.Option(
+        None,
+        help="off, a TAR preset (σ sweep: 64D1, 64D4…; Wan: b0-9D1s0.5…) or, for UNets, a map replacement "
+        "identity@64 / ones@64_32 (repeat); default: off, 64D1, identity@64, ones@64 (Wan: off and its default)",
     ),
     real_videos: Optional[str] = typer.Option(None, help="folder or bucket of real clips to compare with"),
     model: str = typer.Option("tiny", help="model preset"),
@@ -378,18 +388,20 @@ def analyze(
     device: Optional[str] = typer.Option(None),
     seed: int = typer.Option(0, min=0),
 ) -> None:
-    """Temporal attention of generated (and real) videos per UNet level: how band-like it is under
-    each condition. Prints the analysis directory."""
+    """Temporal attention of generated (and real) videos per UNet level (Wan: per transformer block):
+    how band-like it is under each condition. Prints the analysis directory."""
     from flows.analyze import analyze_attention
+    from tasks.analysis import analysis_settings
     from tasks.jobs import ModelSettings
 
     start_prefect_api()
     try:
+        settings = ModelSettings(preset=model, path=model_path, steps=steps, device=device)
+        frames, condition = analysis_settings(frames, condition, settings)  # before Prefect starts
         with local_flow_settings():
             directory = analyze_attention(
                 output_root=out, prompt=prompt, states=state or None, frames=frames, conditions=condition,
-                real_videos=real_videos, seed=seed,
-                model=ModelSettings(preset=model, path=model_path, steps=steps, device=device),
+                real_videos=real_videos, seed=seed, model=settings,
             )
     except (FileNotFoundError, ValueError) as error:
         _fail(str(error))

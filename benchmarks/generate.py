@@ -108,14 +108,19 @@ def main() -> None:
         print(json.dumps(run_one(args)))
         return
     print(f"device={args.device} dtype={args.dtype} {args.height}x{args.width} steps={args.steps} tar={args.tar}")
-    for size in args.sizes:
-        for frames in args.frames:
-            cmd = [sys.executable, __file__, "--one", "--size", size, "--frames", str(frames),
-                   "--height", str(args.height), "--width", str(args.width), "--steps", str(args.steps),
-                   "--device", args.device, "--dtype", args.dtype, "--tar", args.tar]
+    shared = ["--height", str(args.height), "--width", str(args.width), "--steps", str(args.steps),
+              "--device", args.device, "--dtype", args.dtype, "--tar", args.tar]
+    run_each(__file__, args.sizes, args.frames, shared)
+
+
+def run_each(script: str, sizes: list[str], frames: list[int], shared: list[str]) -> None:
+    """``script --one`` for every (size, frames) in its own process (its own peak memory); prints its row."""
+    for size in sizes:
+        for count in frames:
+            cmd = [sys.executable, script, "--one", "--size", size, "--frames", str(count), *shared]
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode:
-                print(f"{size} {frames} frames failed:\n{out.stderr[-2000:]}")
+                print(f"{size} {count} frames failed:\n{out.stderr[-2000:]}")
                 continue
             row = json.loads(out.stdout.strip().splitlines()[-1])
             print("  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))

@@ -102,9 +102,9 @@ def main() -> None:
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
     os.environ.update({key: env[key] for key in ("PREFECT_HOME", "VSTAR_CACHE_DIR")})
-    from vstar_model.backbones.loading import tiny_model_path
+    from vstar_model.backbones.loading import builtin_model_path
 
-    tiny_model_path()  # built once, outside the timing (a real model is downloaded once, too)
+    builtin_model_path()  # built once, outside the timing (a real model is downloaded once, too)
     print(f"catalog={args.catalog} steps={args.steps} repeat={args.repeat}")
     measure("vstar produce", args, home, env)
 

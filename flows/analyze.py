@@ -1,4 +1,4 @@
-"""Flow ``analyze-attention``: temporal attention of real and generated videos per level (paper §3.3)."""
+"""Flow ``analyze-attention``: temporal attention of real and generated videos per UNet level or DiT block (paper §3.3)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from prefect import flow, get_run_logger
 
 from tasks.analysis import (
-    condition_tar,
+    analysis_settings,
     gaussian_sigmas,
     generated_attention,
     real_attention,
@@ -26,8 +26,8 @@ def analyze_attention(
     output_root: str = "./outputs",
     prompt: str = "a landscape transitioning from winter to spring",
     states: list[str] | None = None,
-    frames: list[int] = [16, 48],  # noqa: B006  (Prefect parameters: a literal default for the schema)
-    conditions: list[str] = ["off", "64D1", "identity@64", "ones@64"],  # noqa: B006
+    frames: list[int] | None = None,
+    conditions: list[str] | None = None,
     real_videos: str | None = None,
     real_timestep: int = 500,
     seed: int = 0,
@@ -36,12 +36,14 @@ def analyze_attention(
     """Record temporal attention for every (length, condition) and for real clips; write
     ``<output_root>/analyses/<id>/attention.parquet``, videos, plots and a manifest.
 
-    Conditions: ``off`` (the backbone as is), TAR presets for σ sweeps (``64D1``, ``64D4``…), and
-    map replacements ``identity@<levels>`` / ``ones@<levels>`` (Fig. 5). Returns the directory.
+    Conditions: ``off`` (the backbone as is), TAR presets for σ sweeps (``64D1``, ``64D4``…; for Wan
+    DiT presets ``b0-9D1s0.5``…), and for UNets map replacements ``identity@<levels>`` /
+    ``ones@<levels>`` (Fig. 5). Lengths and conditions default per backbone
+    (:func:`tasks.analysis.analysis_settings`). Returns the directory.
     """
     logger = get_run_logger()
-    for condition in conditions:
-        condition_tar(condition)  # a bad condition stops the flow before any work
+    # A bad length or condition stops the flow before any work.
+    frames, conditions = analysis_settings(frames, conditions, model)
     clips = list_clips(real_videos) if real_videos else []
     analysis_id = new_run_id()
     directory = join(output_root, "analyses", analysis_id)
@@ -58,7 +60,7 @@ def analyze_attention(
             rows += video_rows
             grids.setdefault(num_frames, {})[f"generated: {condition}"] = maps
     write_attention(directory, analysis_id, rows)
-    plots = write_analysis_plots(directory, grids, gaussian_sigmas(conditions), rows)
+    plots = write_analysis_plots(directory, grids, gaussian_sigmas(conditions, model), rows)
     publish_plots(f"vstar attention analysis {analysis_id}", directory, plots)
     parameters = {"prompt": prompt, "states": states, "frames": frames, "conditions": conditions,
                   "real_videos": real_videos, "real_timestep": real_timestep, "seed": seed,

@@ -18,6 +18,7 @@ from tasks.generate import GTNSettings, generate_sample
 from tasks.jobs import (
     ModelSettings,
     check_backbones,
+    check_entries,
     entry_frames,
     plan_jobs,
     results_or_failures,
@@ -34,7 +35,7 @@ from tasks.tuning import TuningSettings, check_tuning, tune_jobs, write_tuning
 from vstar_data.runs import RunPaths, new_run_id
 from vstar_data.storage import check_storage_options, using_storage_options
 from vstar_data.uris import absolute_url
-from vstar_model.sampling.unet import VARIANTS
+from vstar_model.sampling import VARIANTS
 
 
 class ProduceParameters(BaseModel):
@@ -51,13 +52,15 @@ class ProduceParameters(BaseModel):
     max_frames: int = Field(256, ge=1, description="largest frames a catalog entry may ask for")
     samples_per_prompt: int = Field(1, ge=1)
     seed: int = Field(0, ge=0, description="first seed; an entry's samples use seed, seed+1, …")
-    tar: str = Field(
-        "64D1", description="TAR preset (64D1, 64D4, 64D1_32D8, off), e.g. '64D2_32D8', or 'auto' (σ searched per entry)"
+    tar: str | None = Field(
+        None, description="TAR preset: UNet levels (64D1, 64D4, 64D1_32D8), DiT blocks (b0-9D1s0.5), off, or "
+                          "'auto' (σ searched per entry); default: the model preset's"
     )
-    variants: list[Literal["vstar", "tar", "vsp", "baseline", "gtn", "gtn+vstar"]] = Field(
+    variants: list[Literal[tuple(VARIANTS)]] = Field(  # type: ignore[valid-type]
         ["vstar"], min_length=1,
         description="ablation variants, same seeds (paper Fig. 11): vstar = VSP + TAR, tar, vsp, baseline; "
-        "gtn, gtn+vstar: initial noise fitted to a real clip first (Appendix B)",
+                    "gtn, gtn+vstar: initial noise fitted to a real clip first (Appendix B, UNets); "
+                    "with RIFLEx (DiTs): riflex, tar_riflex, vstar_riflex",
     )
     gpu_slots: int = Field(1, ge=1, description="videos generated at once, over all machines (size it to the GPUs)")
     shards: int = Field(1, ge=1, description="machines to spread generation over (with shard_deployment)")
@@ -86,7 +89,7 @@ class ProduceParameters(BaseModel):
 
     def uses_vsp(self) -> bool:
         """Whether any variant needs synopses (otherwise no LLM call is made)."""
-        return any(VARIANTS[variant][0] for variant in self.variants)
+        return any(VARIANTS[variant].vsp for variant in self.variants)
 
 
 @flow(name="produce-dataset")
@@ -98,7 +101,7 @@ def produce_dataset(
     max_frames: int = 256,
     samples_per_prompt: int = 1,
     seed: int = 0,
-    tar: str = "64D1",
+    tar: str | None = None,
     variants: list[str] = ["vstar"],  # noqa: B006  (Prefect parameters: a literal default for the schema)
     gpu_slots: int = 1,
     shards: int = 1,
@@ -123,7 +126,9 @@ def produce_dataset(
 def _produce(p: ProduceParameters) -> str:
     logger = get_run_logger()
     entries = read_catalog(p.catalog, p.max_frames)  # a bad catalog stops the run before anything is written
-    check_backbones(entries, p.model)  # so do missing model weights
+    check_entries(entries, frames=p.frames, tar=p.tar, variants=p.variants, model=p.model,
+                  tar_band_from=p.tar_band_from)  # so do impossible videos
+    check_backbones(entries, p.model)  # and missing model weights
     metric = check_evaluation(p.evaluation)  # and missing metric weights
     if p.evaluation.reference:
         check_reference(p.evaluation.reference, metric)  # and an unusable reference

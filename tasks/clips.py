@@ -18,7 +18,8 @@ from tasks.evaluate import EvaluationSettings, settings_embedder
 from tasks.generate import GTNSettings, ReferenceBand
 from tasks.jobs import entry_frames, failure_reason
 from vstar_data.catalog import AUTO_TAR, CatalogEntry
-from vstar_model.sampling.unet import GTN_VARIANTS, VARIANTS
+from vstar_model.backbones.presets import get_preset
+from vstar_model.sampling import GTN_VARIANTS, VARIANTS
 from vstar_model.tar.unet import parse_tar
 from vstar_data.keys import content_key
 from vstar_data.storage import exists, filesystem, join, list_files, read_bytes, sha256, write_bytes_atomic
@@ -100,11 +101,11 @@ def gtn_reference(entry: CatalogEntry, parameters) -> str | None:
 def check_clip_inputs(entries: list[CatalogEntry], parameters) -> None:
     """Refuse, before any work, a ΔA clip without TAR levels or a metric, a gtn variant without a
     reference clip, and clips that do not exist; one line per problem."""
-    uses_tar = any(VARIANTS[variant][1] for variant in parameters.variants)
+    uses_tar = any(VARIANTS[variant].tar for variant in parameters.variants)
     uses_gtn = any(variant in GTN_VARIANTS for variant in parameters.variants)
     problems, clips = [], set()
     for entry in entries:
-        tar = entry.tar or parameters.tar
+        tar = entry.tar or parameters.tar or get_preset(entry.model or parameters.model.preset).default_tar
         source = band_source(entry, parameters) if uses_tar else None
         if source is not None:
             clips.add(source)
@@ -131,7 +132,7 @@ def check_clip_inputs(entries: list[CatalogEntry], parameters) -> None:
 def collect_bands(entries: list[CatalogEntry], parameters) -> tuple[dict[str, ReferenceBand], dict[str, str]]:
     """(entry id → its ΔA from a real clip, entry id → why it could not be made), one task per clip
     and frame count. Entries without a clip, or in runs without a TAR variant, have neither."""
-    if not any(VARIANTS[variant][1] for variant in parameters.variants):
+    if not any(VARIANTS[variant].tar for variant in parameters.variants):
         return {}, {}
     wanted = {
         entry.id: (source, entry_frames(entry, parameters.frames, parameters.model))

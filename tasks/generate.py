@@ -20,10 +20,9 @@ from vstar_data.runs import CachePaths, RunPaths
 from vstar_data.storage import StorageError, copy_file, exists, read_bytes, write_bytes_atomic
 from vstar_data.uris import relative_uri
 from vstar_model.backbones.loading import pick_device, resolve_location
-from vstar_model.backbones.presets import get_preset
+from vstar_model.backbones.presets import Family, get_preset
+from vstar_model.sampling import SAMPLER_REVISION, GeneratedVideo, generate_video
 from vstar_model.sampling.gtn import GTNConfig
-from vstar_model.sampling.unet import SAMPLER_REVISION, GeneratedVideo, SamplingConfig, generate_video
-from vstar_model.tar.unet import parse_tar
 from vstar_model.video.writer import encode_mp4, frame_strip
 
 
@@ -81,39 +80,48 @@ class SampleJob(BaseModel):
     fps: int
     tar: str = "off"
     vsp: bool = True
-    variant: str = "vstar"  # name only: vsp, tar and gtn say what it means
+    variant: str = "vstar"  # name only: vsp, tar, riflex and gtn say what it means
     tar_band: ReferenceBand | None = None  # ΔA from a real clip at tar's levels instead of the Gaussian band
     gtn: GTNSettings | None = None  # initial noise fitted to gtn.reference (an absolute URL) first
     gtn_reference_sha256: str | None = None
+    flow_shift: float | None = None  # flow-matching backbones (Wan) only
+    riflex: bool = False  # diffusion transformers only
 
-    def sampling(self) -> SamplingConfig:
-        return SamplingConfig(
-            num_frames=self.num_frames,
-            height=self.height,
-            width=self.width,
-            num_inference_steps=self.num_inference_steps,
-            guidance_scale=self.guidance_scale,
-            eta=self.eta,
-            negative_prompt=self.negative_prompt,
-        )
+    @property
+    def family(self) -> Family:
+        return get_preset(self.model).family
+
+    def sampling(self):
+        """The sampling config of this job's backbone family (:mod:`vstar_model.sampling`)."""
+        common = dict(num_frames=self.num_frames, height=self.height, width=self.width,
+                      num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale,
+                      negative_prompt=self.negative_prompt)
+        if self.family == "wan":
+            from vstar_model.sampling.dit import FlowMatchingConfig
+
+            return FlowMatchingConfig(**common, flow_shift=self.flow_shift, riflex=self.riflex)
+        from vstar_model.sampling.unet import SamplingConfig
+
+        return SamplingConfig(**common, eta=self.eta)
 
     def key(self) -> str:
         """Content key of every input that determines the video: same key, same video.
 
-        The TAR setting enters as its parsed settings (levels, σ, step window, layers), so a
-        change of a default changes the key; the weights as their resolved location (a hub
+        The TAR setting enters as its parsed settings (levels or blocks, σ, step window, layers), so
+        a change of a default changes the key; the weights as their resolved location (a hub
         snapshot's folder names its commit) plus the preset's revision and fps conditioning.
         """
         preset = get_preset(self.model)
         location = resolve_location(preset, self.model_path)
-        tar = parse_tar(self.tar)
         inputs = self.model_dump(
             exclude={"entry_id", "synopsis_source", "model_path", "device", "dtype", "variant", "tar"},
             exclude_none=True,  # unset optional inputs are left out: older videos keep their keys
         )
+        if not inputs["riflex"]:  # left out where unused, so UNet videos keep the keys they had before Wan
+            del inputs["riflex"]
         return sample_key(
             **inputs,
-            tar=None if tar is None else tar.settings(),
+            tar=tar_settings(preset.family, self.tar),
             model_location=str(location),
             model_revision=preset.revision,
             fps_condition=preset.fps_condition,
@@ -123,10 +131,41 @@ class SampleJob(BaseModel):
         )
 
 
+def tar_settings(family: Family, tar: str) -> dict | None:
+    """TAR as parsed settings for content keys (equal settings, equal dicts, whatever the spelling)."""
+    if family == "wan":
+        from vstar_model.tar.dit import parse_dit_tar
+
+        config = parse_dit_tar(tar)
+        return None if config is None else {"dit_preset": config.preset, "kernel": config.kernel}
+    from vstar_model.tar.unet import parse_tar
+
+    config = parse_tar(tar)
+    return None if config is None else config.settings()
+
+
+def tar_layers_and_sigmas(family: Family, tar: str) -> tuple[list[str], list[float]]:
+    """Where TAR acts and with which σ, for the record: UNet levels ("64", "32") or DiT block
+    ranges ("b0-9"), each with its σ; empty when TAR is off."""
+    if family == "wan":
+        from vstar_model.tar.dit import parse_dit_tar
+
+        config = parse_dit_tar(tar)
+        ranges = [] if config is None else config.ranges
+        return [f"b{r.first}-{r.last}" for r in ranges], [r.sigma for r in ranges]
+    from vstar_model.tar.unet import parse_tar
+
+    config = parse_tar(tar)
+    sigmas = {} if config is None else config.sigmas
+    return [str(level) for level in sigmas], [float(sigma) for sigma in sigmas.values()]
+
+
 def sample_row(job: SampleJob, run: RunPaths, key: str, record: dict | None, error: str | None = None) -> dict:
     """The samples.parquet row of ``job``: from its generation record, or failed with ``error``."""
     record = record or {}
     ok = error is None
+    family = job.family
+    tar_layers, tar_sigmas = tar_layers_and_sigmas(family, job.tar)
     return {
         "run_id": run.run_id,
         "sample_key": key,
@@ -134,6 +173,7 @@ def sample_row(job: SampleJob, run: RunPaths, key: str, record: dict | None, err
         "prompt": job.prompt,
         "states": job.states,
         "synopsis_source": job.synopsis_source,
+        "negative_prompt": job.negative_prompt,
         "seed": job.seed,
         "num_frames": job.num_frames,
         "fps": job.fps,
@@ -142,9 +182,14 @@ def sample_row(job: SampleJob, run: RunPaths, key: str, record: dict | None, err
         "num_inference_steps": job.num_inference_steps,
         "guidance_scale": job.guidance_scale,
         "model_preset": job.model,
+        "model_family": family,
         "model_revision": record.get("model_revision"),
         "tar": job.tar,
+        "tar_layers": tar_layers,
+        "tar_sigmas": tar_sigmas,
         "vsp": job.vsp,
+        "riflex": job.riflex,
+        "flow_shift": job.flow_shift,
         "variant": job.variant,
         # Relative to samples.parquet's directory, so the run resolves wherever it is read (vstar_data.uris).
         "video_uri": relative_uri(run.video(job.entry_id, job.seed, job.variant), run.samples) if ok else None,

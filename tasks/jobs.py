@@ -10,10 +10,10 @@ from prefect.futures import wait
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.generate import GTNSettings, ReferenceBand, SampleJob, sample_row
-from vstar_data.catalog import CatalogEntry
+from vstar_data.catalog import AUTO_TAR, CatalogEntry
 from vstar_data.runs import RunPaths
 from vstar_model.backbones.presets import BackbonePreset, get_preset
-from vstar_model.sampling.unet import GTN_VARIANTS, VARIANTS
+from vstar_model.sampling import GTN_VARIANTS, VARIANTS
 
 
 class ModelSettings(BaseModel):
@@ -35,7 +35,11 @@ class ModelSettings(BaseModel):
     guidance_scale: float | None = Field(None, ge=0, allow_inf_nan=False)
     eta: float = Field(1.0, ge=0, le=1)
     fps: int | None = Field(None, ge=1)
-    negative_prompt: str = ""
+    negative_prompt: str | None = None  # None: the preset's (Wan's own negative prompt, "" for UNets)
+    flow_shift: float | None = Field(None, gt=0, allow_inf_nan=False)  # flow-matching backbones (Wan); None: the preset's
+
+    def negative_prompt_for(self, preset: BackbonePreset) -> str:
+        return _unless_unset(self.negative_prompt, preset.negative_prompt)
 
     def for_preset(self, preset: BackbonePreset) -> dict[str, Any]:
         """Height, width, steps, guidance scale and fps: these settings where set, else the preset's."""
@@ -61,6 +65,56 @@ def check_backbones(entries: list[CatalogEntry], model: ModelSettings) -> None:
 
     for preset in sorted({entry.model or model.preset for entry in entries}):
         resolve_location(get_preset(preset), model.path)
+
+
+def check_entries(entries: list[CatalogEntry], *, frames: int | None, tar: str | None, variants: list[str],
+                  model: ModelSettings, tar_band_from: str | None = None) -> None:
+    """Refuse, before any work, what an entry's backbone cannot do: a frame count its VAE cannot
+    make (Wan: 4k+1), a TAR preset of the other kind (UNet levels vs DiT blocks), RIFLEx on a UNet.
+
+    Raises:
+        ValueError: listing every problem, one line per entry.
+    """
+    unknown = [name for name in variants if name not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
+    problems = []
+    riflex = [name for name in variants if VARIANTS[name].riflex]
+    for entry in entries:
+        preset = get_preset(entry.model or model.preset)
+        try:
+            preset.check_frames(entry_frames(entry, frames, model))
+            entry_tar = _unless_unset(entry.tar, _unless_unset(tar, preset.default_tar))
+            if any(VARIANTS[name].tar for name in variants) and entry_tar != AUTO_TAR:
+                check_tar(preset, entry_tar)
+            if preset.family == "wan":
+                unet_only = [what for what, used in (
+                    ("tar 'auto'", entry_tar == AUTO_TAR),
+                    ("tar_band_from", (entry.tar_band_from or tar_band_from) is not None),
+                    (f"variant(s) {', '.join(sorted(GTN_VARIANTS & set(variants)))}", bool(GTN_VARIANTS & set(variants))),
+                ) if used]
+                if unet_only:
+                    raise ValueError(f"{' and '.join(unet_only)} work on UNet backbones only so far, not on "
+                                     f"{preset.name!r} (a diffusion transformer)")
+            if riflex and preset.riflex_index is None:
+                raise ValueError(f"variant(s) {', '.join(riflex)} use RIFLEx, which model {preset.name!r} "
+                                 "has no rotary embedding for")
+        except ValueError as problem:
+            problems.append(f"entry {entry.id!r}: {problem}")
+    if problems:
+        raise ValueError("\n".join(problems))
+
+
+def check_tar(preset: BackbonePreset, tar: str) -> None:
+    """Raise ValueError unless ``tar`` is a TAR preset for ``preset``'s kind of backbone."""
+    if preset.family == "wan":
+        from vstar_model.tar.dit import parse_dit_tar
+
+        parse_dit_tar(tar)
+    else:
+        from vstar_model.tar.unet import parse_tar
+
+        parse_tar(tar)
 
 
 def entry_frames(entry: CatalogEntry, frames: int | None, model: ModelSettings) -> int:
@@ -95,7 +149,7 @@ def plan_jobs(
         preset = get_preset(entry.model or model.preset)  # a preset name is never empty
         seeds = entry.resolve_seeds(default_num_samples=parameters.samples_per_prompt, base_seed=parameters.seed)
         for seed, variant in itertools.product(seeds, parameters.variants):
-            use_vsp, use_tar = VARIANTS[variant]
+            use_vsp, use_tar, use_riflex = VARIANTS[variant]
             states = synopsis["states"] if use_vsp else [entry.prompt]
             jobs.append(
                 SampleJob(
@@ -111,14 +165,16 @@ def plan_jobs(
                     num_frames=entry_frames(entry, parameters.frames, model),
                     **model.for_preset(preset),
                     eta=model.eta,
-                    negative_prompt=_unless_unset(entry.negative_prompt, model.negative_prompt),
-                    tar=_unless_unset(entry.tar, parameters.tar) if use_tar else "off",
+                    negative_prompt=_unless_unset(entry.negative_prompt, model.negative_prompt_for(preset)),
+                    tar=_unless_unset(entry.tar, _unless_unset(parameters.tar, preset.default_tar)) if use_tar else "off",
                     # One state (a fallback, or a one-state synopsis) conditions every frame alike: no VSP.
                     vsp=use_vsp and len(states) >= 2,
                     variant=variant,
                     tar_band=bands.get(entry.id) if use_tar else None,
                     gtn=gtn[entry.id][0] if variant in GTN_VARIANTS else None,
                     gtn_reference_sha256=gtn[entry.id][1] if variant in GTN_VARIANTS else None,
+                    flow_shift=_unless_unset(model.flow_shift, preset.flow_shift) if preset.family == "wan" else None,
+                    riflex=use_riflex,
                 )
             )
     return jobs

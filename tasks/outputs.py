@@ -114,6 +114,21 @@ def recorded_hashes(run: RunPaths, samples: list[dict]) -> dict[str, str]:
     return hashes
 
 
+GENERATION_FIELDS = ("variant", "model_preset", "model_family", "tar", "tar_layers", "tar_sigmas", "vsp", "riflex",
+                     "flow_shift")
+
+
+def generation_settings(samples: list[dict]) -> list[dict]:
+    """Each distinct way the run's videos were made (backbone, its family, TAR preset with its
+    layers and σ, VSP, RIFLEx), in first-seen order: the manifest's ``generation``."""
+    settings: list[dict] = []
+    for row in samples:
+        setting = {name: row.get(name) for name in GENERATION_FIELDS}
+        if setting not in settings:
+            settings.append(setting)
+    return settings
+
+
 @task(task_run_name="write-manifest", retries=2, retry_delay_seconds=[1, 5],
       retry_condition_fn=retry_unless(StorageError))
 def finish_run(run: RunPaths, parameters: dict, created_at: datetime, catalog: str,
@@ -134,7 +149,7 @@ def finish_run(run: RunPaths, parameters: dict, created_at: datetime, catalog: s
     manifest = build_manifest(run.run_dir, run.run_id, parameters=parameters, row_counts=row_counts,
                               created_at=created_at, finished_at=finished,
                               recorded_sha256=recorded_hashes(run, samples))
-    url = write_manifest(run.run_dir, {**manifest, "failures": dict(failures)})
+    url = write_manifest(run.run_dir, {**manifest, "failures": dict(failures), "generation": generation_settings(samples)})
     append_run_index(run.output_root, {
         "run_id": run.run_id,
         "created_at": created_at,

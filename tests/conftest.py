@@ -51,6 +51,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_wan_dir(tmp_path_factory) -> Path:
+    """The tiny random Wan 2.1 saved in diffusers' layout (built once per session)."""
+    from vstar_model.backbones.tiny_wan import save_tiny_wan
+
+    return save_tiny_wan(tmp_path_factory.mktemp("tiny-wan"), seed=0)
+
+
+@pytest.fixture(scope="session")
 def tiny_animatediff_dir(tmp_path_factory) -> Path:
     from vstar_model.backbones.tiny import save_tiny_animatediff
 

@@ -292,3 +292,21 @@ def test_runs_verify_checks_every_file_and_exits_1_naming_each_problem(tmp_path)
 
     incomplete = _cli("runs", "verify", str(_incomplete_run(tmp_path / "out", 1)))
     assert incomplete.exit_code == 1 and "no manifest.json" in incomplete.output
+
+
+def test_wan_frame_counts_are_refused_before_prefect_starts(tmp_path):
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text("- id: sixteen\n  prompt: a cat\n  frames: 16\n")
+    out = tmp_path / "out"
+    result = _vstar("produce", str(catalog), "--out", str(out), "--model", "tiny-wan", "--metric", "none",
+                    env={"VSTAR_CACHE_DIR": str(tmp_path / "cache")}, tmp_path=tmp_path)
+    assert result.returncode == 2
+    assert "entry 'sixteen': model 'tiny-wan' makes 4k+1 frames" in result.stderr
+    assert "use 13 or 17" in result.stderr and "Traceback" not in result.stdout + result.stderr
+    assert not out.exists()
+    assert not list((tmp_path / "prefect").glob("*"))  # Prefect's home is empty: no server, no database
+    assert not (tmp_path / "cache").exists()  # and the built-in model was not even built
+
+    catalog.write_text("- id: sixteen\n  prompt: a cat\n  frames: 16\n  model: tiny-wan\n")
+    result = _vstar("catalog", "validate", str(catalog), tmp_path=tmp_path)
+    assert result.returncode == 2 and "row 1" in result.stderr and "4k+1 frames" in result.stderr

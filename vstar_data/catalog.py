@@ -40,15 +40,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from vstar_data.runs import ENTRY_ID_PATTERN
 from vstar_data.storage import StorageError, read_bytes
@@ -61,6 +53,8 @@ FORMATS = {".yaml": "yaml", ".yml": "yaml", ".json": "json", ".csv": "csv", ".pa
 
 # A preset check raises ValueError for an unknown name; a collection lists the known names.
 PresetCheck = Callable[[str], object] | Collection[str]
+# A frame check raises ValueError for a frame count a model preset cannot make.
+FramesCheck = Callable[[str, int], object]
 
 
 class CatalogEntry(BaseModel):
@@ -133,6 +127,13 @@ class CatalogEntry(BaseModel):
             raise ValueError(
                 "tar 'auto' searches the σ of TAR's Gaussian band; tar_band_from replaces that band: give one of them"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _frames_fit_the_model(self, info: ValidationInfo) -> CatalogEntry:
+        check = (info.context or {}).get("check_frames")
+        if check is not None and self.model is not None and self.frames is not None:
+            check(self.model, self.frames)  # e.g. Wan's VAE makes 4k+1 frames only
         return self
 
     def resolve_seeds(self, *, default_num_samples: int, base_seed: int) -> list[int]:
@@ -224,6 +225,7 @@ def load_catalog(
     max_frames: int = DEFAULT_MAX_FRAMES,
     check_tar: PresetCheck | None = None,
     check_model: PresetCheck | None = None,
+    check_frames: FramesCheck | None = None,
 ) -> Catalog:
     """Read and check the catalog at ``path_or_url`` (any fsspec URL).
 
@@ -232,6 +234,8 @@ def load_catalog(
         check_tar: known TAR presets, or a callable raising ValueError for a bad TAR spec
             (e.g. ``vstar_model.tar.unet.parse_tar``).
         check_model: known model presets, or a callable raising ValueError for an unknown one.
+        check_frames: a callable (model, frames) raising ValueError when an entry giving both asks
+            for frames its model cannot make.
 
     Raises:
         CatalogError: the file cannot be read or parsed, or any entry is invalid.
@@ -241,7 +245,8 @@ def load_catalog(
     except StorageError as error:
         raise CatalogError([CatalogProblem(path_or_url, None, None, str(error))]) from error
     return parse_catalog(
-        raw, source=path_or_url, max_frames=max_frames, check_tar=check_tar, check_model=check_model
+        raw, source=path_or_url, max_frames=max_frames, check_tar=check_tar, check_model=check_model,
+        check_frames=check_frames,
     )
 
 
@@ -252,6 +257,7 @@ def parse_catalog(
     max_frames: int = DEFAULT_MAX_FRAMES,
     check_tar: PresetCheck | None = None,
     check_model: PresetCheck | None = None,
+    check_frames: FramesCheck | None = None,
 ) -> Catalog:
     """Check the catalog file content ``raw``; its format comes from ``source``'s extension.
 
@@ -280,6 +286,7 @@ def parse_catalog(
         "max_frames": max_frames,
         "check_tar": _as_check(check_tar, "TAR preset"),
         "check_model": _as_check(check_model, "model preset"),
+        "check_frames": check_frames,
     }
     entries: list[CatalogEntry] = []
     first_row_of_id: dict[str, tuple[str, str]] = {}

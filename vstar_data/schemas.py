@@ -71,10 +71,15 @@ SAMPLES_SCHEMA = _schema(
     _required("num_inference_steps", pa.int32()),
     _required("guidance_scale", pa.float64()),
     _required("model_preset", pa.string()),
+    _optional("model_family", pa.string()),  # "unet3d" | "videocrafter" | "animatediff" | "wan"
     _optional("model_revision", pa.string()),
     _optional("tar", pa.string()),  # TAR spec string; null when TAR is off
+    _optional("tar_layers", pa.list_(pa.string())),  # where TAR acts: UNet levels ("64") or DiT block ranges ("b0-9")
+    _optional("tar_sigmas", pa.list_(pa.float64())),  # σ of each of tar_layers
     _required("vsp", pa.bool_()),  # conditioned on >= 2 synopsis states (not a fallback, not one state)
-    _optional("variant", pa.string()),  # ablation variant: baseline | tar | vsp | vstar
+    _optional("riflex", pa.bool_()),  # RIFLEx's lowered temporal RoPE frequency (DiTs)
+    _optional("flow_shift", pa.float64()),  # flow-matching schedule shift (Wan); null for DDIM UNets
+    _optional("variant", pa.string()),  # ablation variant: baseline | tar | vsp | vstar | riflex | gtn | …
     _optional("video_uri", pa.string()),
     _optional("strip_uri", pa.string()),
     _optional("video_sha256", pa.string()),
@@ -136,7 +141,8 @@ ATTENTION_SCHEMA = _schema(
     _optional("step", pa.int32()),  # denoising step; null for real clips (one denoiser call)
     _required("timestep", pa.int32()),
     _required("layer", pa.string()),
-    _required("level", pa.int32()),
+    _optional("level", pa.int32()),  # UNet: the layer's level (64, 32, 16, 8); null for DiT rows
+    _optional("block", pa.int32()),  # DiT (Wan): the transformer block of the attn1; null for UNet rows
     _required("band_width", pa.int32()),
     _required("band_mass", pa.float64()),
     _required("band_score", pa.float64()),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from flows.analyze import analyze_attention
-from tasks.analysis import condition_tar
+from tasks.analysis import analysis_settings, condition_tar
 from tasks.jobs import ModelSettings
 from vstar_data.manifest import verify_manifest
 from vstar_data.schemas import read_table
@@ -46,6 +46,46 @@ def test_analysis_of_real_and_generated_videos_under_conditions(tmp_path, tiny_m
     assert {"plots/attention_8f.png", "plots/band_scores.png", "plots/delta_a.png"} <= set(files)
     assert {"videos/off__8f.mp4", "videos/64D1__8f.mp4", "videos/identity_at_64__8f.mp4"} <= set(files)
     assert verify_manifest(directory) == []
+
+
+def test_analysis_of_a_wan_model_per_block(tmp_path, tiny_wan_dir):
+    """tiny-wan: frame-to-frame maps per transformer block, real and generated, TAR making them more band-like."""
+    import torch
+
+    clips = tmp_path / "real"
+    clips.mkdir()
+    frames = torch.randint(0, 255, (17, 64, 64, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    (clips / "clip.mp4").write_bytes(encode_mp4(frames))
+    directory = analyze_attention(
+        output_root=str(tmp_path / "out"), frames=[17], conditions=["off", "b0-1D0.5"], real_videos=str(clips),
+        model=ModelSettings(preset="tiny-wan", path=str(tiny_wan_dir), steps=2, height=32, width=32),
+    )
+    rows = read_table(f"{directory}/attention.parquet").to_pylist()
+    assert {(r["source"], r["condition"]) for r in rows} == {("real", "real"), ("generated", "off"),
+                                                            ("generated", "b0-1D0.5")}
+    assert all(r["level"] is None and r["num_frames"] == 5 for r in rows)  # 17 frames → 5 latent frames
+    generated = [r for r in rows if r["source"] == "generated"]
+    assert {(r["step"], r["block"]) for r in generated if r["condition"] == "off"} == {(0, 0), (0, 1), (1, 0), (1, 1)}
+    score = {(r["condition"], r["step"], r["block"]): r["band_score"] for r in generated}
+    assert all(score[("b0-1D0.5", step, block)] > score[("off", step, block)] for step, block in [(0, 0), (0, 1)])
+    assert {r["block"] for r in rows if r["source"] == "real"} == {0, 1}
+    files = list_files(directory)
+    assert {"plots/attention_17f.png", "plots/band_scores.png", "videos/b0-1D0.5__17f.mp4"} <= set(files)
+    assert verify_manifest(directory) == []
+
+
+def test_wan_conditions_and_lengths_are_checked():
+    wan = ModelSettings(preset="tiny-wan")
+    assert analysis_settings(None, None, wan) == ([17, 33], ["off", "b0-1D1s0.5"])
+    assert analysis_settings(None, None, ModelSettings()) == ([16, 48], ["off", "64D1", "identity@64", "ones@64"])
+    with pytest.raises(ValueError, match="makes 4k\\+1 frames .* use 13 or 17"):
+        analysis_settings([16], ["off"], wan)
+    with pytest.raises(ValueError, match="'identity@64': map replacements are for UNet levels"):
+        analysis_settings([17], ["identity@64"], wan)
+    with pytest.raises(ValueError, match="condition '64D1' for a Wan model: unknown DiT TAR preset"):
+        analysis_settings([17], ["64D1"], wan)
+    with pytest.raises(ValueError, match="unknown TAR preset 'b0D1'"):
+        analysis_settings([16], ["b0D1"], ModelSettings())
 
 
 def test_conditions_are_checked():

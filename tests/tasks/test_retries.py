@@ -26,7 +26,7 @@ from tests.llm_server import status
 from vstar_data.catalog import CatalogEntry
 from vstar_data.runs import RunPaths, new_run_id
 from vstar_data.storage import DEFAULT_RETRY
-from vstar_model.sampling.unet import GeneratedVideo
+from vstar_model.sampling import GeneratedVideo
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

@@ -7,6 +7,7 @@ in worker threads; each ``*_figure`` returns the Figure, each ``*_png`` its PNG 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -17,6 +18,8 @@ from vstar_model.tar.bands import check_sigma, gaussian_band
 from vstar_model.evaluation.plots import HEATMAP_CMAP, figure_to_png, shared_color_limits
 
 PANEL_INCHES = 2.2
+# Columns are UNet levels (highest resolution first) or DiT blocks (first block first).
+Unit = Literal["level", "block"]
 
 
 def _as_array(attention: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -30,6 +33,7 @@ def attention_grid_figure(
     *,
     width: int = DEFAULT_BAND_WIDTH,
     title: str | None = None,
+    unit: Unit = "level",
 ) -> Figure:
     """Temporal attention maps: one row per source, one column per level (paper Fig. 4 and 10).
 
@@ -38,19 +42,20 @@ def attention_grid_figure(
     all rows, highest resolution first; a row without a level leaves its panel empty. Each panel
     shows its :func:`~vstar_model.analysis.temporal_attention.band_score` (±``width`` frames). A row shares one
     colour scale: attention spreads over N frames, so maps of different lengths are not put on
-    one scale.
+    one scale. With ``unit="block"`` the columns are DiT blocks (frame-to-frame maps of
+    :mod:`vstar_model.analysis.dit`), first block first.
     """
     if not grid:
         raise ValueError("no attention maps to plot")
-    levels = sorted(set().union(*(set(row) for row in grid.values())), reverse=True)
+    levels = sorted(set().union(*(set(row) for row in grid.values())), reverse=unit == "level")
     if not levels:
-        raise ValueError("the attention grid rows hold no levels")
+        raise ValueError(f"the attention grid rows hold no {unit}s")
     arrays = {label: {level: _as_array(m) for level, m in row.items()} for label, row in grid.items()}
     for label, row in arrays.items():
         for level, attention in row.items():
             if attention.ndim != 2 or attention.shape[0] != attention.shape[1]:
                 raise ValueError(
-                    f"map {label!r}, level {level} must be square [N, N], got shape {attention.shape}"
+                    f"map {label!r}, {unit} {level} must be square [N, N], got shape {attention.shape}"
                 )
     figure = Figure(
         figsize=(PANEL_INCHES * len(levels) + 1.2, PANEL_INCHES * len(grid) + 0.4), layout="constrained"
@@ -63,7 +68,7 @@ def attention_grid_figure(
             ax.set_xticks([])
             ax.set_yticks([])
             if level not in row:
-                ax.set_title(f"level {level}: none", fontsize=9)
+                ax.set_title(f"{unit} {level}: none", fontsize=9)
                 ax.set_frame_on(False)
                 continue
             attention = row[level]
@@ -71,7 +76,7 @@ def attention_grid_figure(
                 attention, cmap=HEATMAP_CMAP, vmin=limits[0], vmax=limits[1], interpolation="nearest"
             )
             score = round(float(band_score(torch.from_numpy(attention), width=width)), 2) + 0.0  # no "-0.00"
-            ax.set_title(f"level {level}: band {score:.2f}", fontsize=9)
+            ax.set_title(f"{unit} {level}: band {score:.2f}", fontsize=9)
         row_axes[0].set_ylabel(f"{label}\nquery frame", fontsize=9)
         if image is not None:
             figure.colorbar(image, ax=list(row_axes), shrink=0.85, label="attention")
@@ -101,15 +106,17 @@ def band_matrices_figure(
     return figure
 
 
-def band_score_figure(scores: Mapping[str, Mapping[int, float]], *, title: str | None = None) -> Figure:
-    """Band score per level, one bar per source or setting (e.g. real video, σ sweep, replace).
+def band_score_figure(
+    scores: Mapping[str, Mapping[int, float]], *, title: str | None = None, unit: Unit = "level"
+) -> Figure:
+    """Band score per level (or DiT block), one bar per source or setting (e.g. real video, σ sweep).
 
     ``scores`` is label → level → score. Comparing a backbone's generated maps with real ones per
     level shows where its attention lacks structure, i.e. where TAR should go.
     """
     if not scores:
         raise ValueError("no band scores to plot")
-    levels = sorted(set().union(*(set(per_level) for per_level in scores.values())), reverse=True)
+    levels = sorted(set().union(*(set(per_level) for per_level in scores.values())), reverse=unit == "level")
     figure = Figure(figsize=(2.0 + 0.4 * len(levels) * len(scores), 3.6), layout="constrained")
     ax = figure.subplots()
     bar_width = 0.8 / len(scores)
@@ -119,7 +126,7 @@ def band_score_figure(scores: Mapping[str, Mapping[int, float]], *, title: str |
         ax.bar(positions, [per_level[level] for level in shown], width=bar_width, label=label)
     ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(levels)), [str(level) for level in levels])
-    ax.set_xlabel("level")
+    ax.set_xlabel(unit)
     ax.set_ylabel("band score")
     ax.legend(fontsize=8)
     if title:
@@ -132,13 +139,16 @@ def attention_grid_png(
     *,
     width: int = DEFAULT_BAND_WIDTH,
     title: str | None = None,
+    unit: Unit = "level",
 ) -> bytes:
-    return figure_to_png(attention_grid_figure(grid, width=width, title=title))
+    return figure_to_png(attention_grid_figure(grid, width=width, title=title, unit=unit))
 
 
 def band_matrices_png(sigmas: Sequence[float], num_frames: int = 16, *, title: str | None = None) -> bytes:
     return figure_to_png(band_matrices_figure(sigmas, num_frames, title=title))
 
 
-def band_score_png(scores: Mapping[str, Mapping[int, float]], *, title: str | None = None) -> bytes:
-    return figure_to_png(band_score_figure(scores, title=title))
+def band_score_png(
+    scores: Mapping[str, Mapping[int, float]], *, title: str | None = None, unit: Unit = "level"
+) -> bytes:
+    return figure_to_png(band_score_figure(scores, title=title, unit=unit))

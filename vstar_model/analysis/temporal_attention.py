@@ -17,7 +17,7 @@ table rows so runs and backbones can be compared.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal, NamedTuple
 
@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from vstar_model.tar.attention import ReplaceMode, tar_attention_probs
 from vstar_model.backbones.loading import VideoModel
 from vstar_model.tar.bands import gaussian_band
-from vstar_model.sampling.unet import GeneratedVideo, SamplingConfig, encode_text, generate_video
+from vstar_model.sampling import GeneratedVideo
+from vstar_model.sampling.unet import SamplingConfig, encode_text, generate_video
 from vstar_model.tar.unet import AttentionProbe, TemporalAttnProcessor, temporal_attention_levels
 
 Reduce = Literal["mean", "per_head"]
@@ -83,35 +84,13 @@ def mean_attention_map(
     return total if per_head else total.mean(dim=0)
 
 
-class AttentionRecorder:
-    """The maps recorded by :func:`capture_attention`.
+class MapRecorder:
+    """Maps recorded per (step, layer) during a capture: what the UNet and DiT recorders share."""
 
-    Attributes:
-        maps: (step, processor name) → float32 map on the UNet's device, ``[N, N]`` (or
-            ``[heads, N, N]`` with ``reduce="per_head"``). A step is the index of a UNet call
-            inside the capture block: with :func:`~vstar_model.sampling.unet.generate_video`, the
-            denoising step.
-        levels: processor name → level (64, 32, 16, 8) of every captured layer.
-        timesteps: step → diffusion timestep of that UNet call, for the recorded steps.
-    """
-
-    def __init__(
-        self,
-        levels: Mapping[str, int],
-        *,
-        reduce: Reduce,
-        steps: frozenset[int] | None,
-        batch_index: int | None,
-    ):
+    def __init__(self):
         self.maps: dict[tuple[int, str], torch.Tensor] = {}
-        self.levels = dict(levels)
-        self.timesteps: dict[int, int] = {}
-        self.reduce = reduce
-        self._steps = steps
-        self._batch_index = batch_index
-        self._calls = 0
+        self.timesteps: dict[int, float] = {}
         self._recording = False
-        self._batch_size = 1
 
     @property
     def steps(self) -> list[int]:
@@ -132,6 +111,39 @@ class AttentionRecorder:
         if not per_step:
             raise ValueError("no steps were recorded")
         return {name: torch.stack([maps[name] for maps in per_step]).mean(dim=0) for name in per_step[0]}
+
+    def _end_call(self, *_: Any) -> None:
+        """Model forward hook: layers called outside a model call are not recorded."""
+        self._recording = False
+
+
+class AttentionRecorder(MapRecorder):
+    """The maps recorded by :func:`capture_attention`.
+
+    Attributes:
+        maps: (step, processor name) → float32 map on the UNet's device, ``[N, N]`` (or
+            ``[heads, N, N]`` with ``reduce="per_head"``). A step is the index of a UNet call
+            inside the capture block: with :func:`~vstar_model.sampling.unet.generate_video`, the
+            denoising step.
+        levels: processor name → level (64, 32, 16, 8) of every captured layer.
+        timesteps: step → diffusion timestep of that UNet call, for the recorded steps.
+    """
+
+    def __init__(
+        self,
+        levels: Mapping[str, int],
+        *,
+        reduce: Reduce,
+        steps: frozenset[int] | None,
+        batch_index: int | None,
+    ):
+        super().__init__()
+        self.levels = dict(levels)
+        self.reduce = reduce
+        self._steps = steps
+        self._batch_index = batch_index
+        self._calls = 0
+        self._batch_size = 1
 
     def _probe(self, name: str) -> AttentionProbe:
         """The :class:`~vstar_model.tar.unet.AttentionProbe` of the layer ``name``."""
@@ -157,10 +169,6 @@ class AttentionRecorder:
                 f"{self._batch_size} video(s)"
             )
         self.timesteps[step] = int(timestep.flatten()[0]) if torch.is_tensor(timestep) else int(timestep)
-
-    def _end_call(self, *_: Any) -> None:
-        """UNet forward hook: layers called outside a UNet call are not recorded."""
-        self._recording = False
 
     def _record(
         self,
@@ -233,31 +241,50 @@ def capture_attention(
         raise ValueError(f"{type(unet).__name__} has no temporal attention layers to capture")
     recorder = AttentionRecorder(levels, reduce=reduce, steps=_check_steps(steps), batch_index=batch_index)
 
-    current = unet.attn_processors
+    probes = {name: recorder._probe(name) for name in levels}
+    with probes_installed(unet, probes, TemporalAttnProcessor, lambda _, probe: TemporalAttnProcessor(probe=probe)):
+        hooks = [
+            unet.register_forward_pre_hook(recorder._begin_call, with_kwargs=True),
+            unet.register_forward_hook(recorder._end_call, always_call=True),
+        ]
+        try:
+            yield recorder
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+
+@contextmanager
+def probes_installed(
+    model: torch.nn.Module,
+    probes: Mapping[str, Callable[..., None]],
+    probing_type: type,
+    capturing: Callable[[object, Callable[..., None]], object],
+) -> Iterator[None]:
+    """Give each layer named in ``probes`` (processor names) its probe until the block ends.
+
+    A processor of ``probing_type`` already there keeps its own work and gets the probe after any it
+    has (so captures nest, and a TAR processor records its regularised map); any other processor is
+    swapped for ``capturing(previous, probe)`` and put back at the end.
+    """
+    current = model.attn_processors
     swapped: dict[str, object] = {}
-    probed: dict[str, tuple[TemporalAttnProcessor, AttentionProbe | None]] = {}
-    for name in levels:
-        processor = current[name]
-        if isinstance(processor, TemporalAttnProcessor):
-            probed[name] = (processor, processor.probe)
-            processor.probe = _chain(processor.probe, recorder._probe(name))
-        else:
-            swapped[name] = processor
-            capturing = TemporalAttnProcessor(probe=recorder._probe(name))
-            _attention_module(unet, name).set_processor(capturing)
-    hooks = [
-        unet.register_forward_pre_hook(recorder._begin_call, with_kwargs=True),
-        unet.register_forward_hook(recorder._end_call, always_call=True),
-    ]
+    probed: dict[str, tuple[object, Callable[..., None] | None]] = {}
     try:
-        yield recorder
+        for name, probe in probes.items():
+            processor = current[name]
+            if isinstance(processor, probing_type):
+                probed[name] = (processor, processor.probe)
+                processor.probe = _chain(processor.probe, probe)
+            else:
+                swapped[name] = processor
+                _attention_module(model, name).set_processor(capturing(processor, probe))
+        yield
     finally:
-        for hook in hooks:
-            hook.remove()
         for processor, probe in probed.values():
             processor.probe = probe
         for name, processor in swapped.items():
-            _attention_module(unet, name).set_processor(processor)
+            _attention_module(model, name).set_processor(processor)
 
 
 def _chain(first: AttentionProbe | None, second: AttentionProbe) -> AttentionProbe:

@@ -13,11 +13,15 @@ import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from vstar_model import _compat  # noqa: F401
 from vstar_model.backbones.presets import BackbonePreset, Family, get_preset
+
+if TYPE_CHECKING:
+    from vstar_model.backbones.wan import WanVideoModel
 
 
 class BackboneNotFound(FileNotFoundError):
@@ -27,25 +31,26 @@ class BackboneNotFound(FileNotFoundError):
 @dataclass(frozen=True)
 class WeightLocations:
     """Where a backbone's weights are: ``base`` in diffusers' pipeline layout (tokenizer/,
-    text_encoder/, vae/, scheduler/), the UNet's folder, and AnimateDiff's motion adapter."""
+    text_encoder/, vae/, scheduler/), the denoiser's folder (``unet/``, Wan's ``transformer/``, or
+    VideoCrafter2's UNet repository), and AnimateDiff's motion adapter."""
 
     base: Path
     unet: Path
     motion_adapter: Path | None = None
 
     def __str__(self) -> str:
-        extra = [str(p) for p in (self.unet, self.motion_adapter) if p is not None and p != self.base / "unet"]
+        inside = (self.base / "unet", self.base / "transformer")
+        extra = [str(p) for p in (self.unet, self.motion_adapter) if p is not None and p not in inside]
         return " + ".join([str(self.base), *extra])
 
 
-@dataclass
-class VideoModel:
-    """The loaded components of a text-to-video backbone, ready for :mod:`vstar_model.sampling.unet`."""
+@dataclass(kw_only=True)
+class LoadedBackbone:
+    """What every loaded text-to-video backbone holds besides its denoiser."""
 
     preset: BackbonePreset
     tokenizer: object
     text_encoder: torch.nn.Module
-    unet: torch.nn.Module
     vae: torch.nn.Module
     scheduler: object
     device: torch.device
@@ -59,6 +64,13 @@ class VideoModel:
     @property
     def family(self) -> Family:
         return self.preset.family
+
+
+@dataclass(kw_only=True)
+class VideoModel(LoadedBackbone):
+    """A video UNet backbone, ready for :mod:`vstar_model.sampling.unet`."""
+
+    unet: torch.nn.Module
 
     @property
     def vae_scale_factor(self) -> int:
@@ -82,14 +94,21 @@ def cache_root() -> Path:
     return Path(os.environ.get("VSTAR_CACHE_DIR") or Path.home() / ".cache" / "vstar")
 
 
-def tiny_model_path(seed: int = 0) -> Path:
-    """The tiny built-in model, built and saved in diffusers' layout on first use."""
+def builtin_model_path(source: str = "builtin:tiny", seed: int = 0) -> Path:
+    """A built-in tiny model (``builtin:tiny``, ``builtin:tiny-wan``), built and saved in diffusers'
+    layout on first use."""
     from vstar_model.backbones.tiny import save_tiny_text_to_video
+    from vstar_model.backbones.tiny_wan import save_tiny_wan
 
-    path = cache_root() / "models" / f"tiny-seed{seed}"
+    # The folder name carries a version: change it when a model's architecture changes.
+    builders = {"builtin:tiny": ("tiny", save_tiny_text_to_video), "builtin:tiny-wan": ("tiny-wan-v1", save_tiny_wan)}
+    if source not in builders:
+        raise ValueError(f"unknown built-in model {source!r}; known: {', '.join(builders)}")
+    name, save = builders[source]
+    path = cache_root() / "models" / f"{name}-seed{seed}"
     if not (path / "model_index.json").exists():
         tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-        save_tiny_text_to_video(tmp, seed=seed)
+        save(tmp, seed=seed)
         try:
             tmp.rename(path)  # atomic: concurrent first uses never see a half-written model
         except OSError:  # another process got there first
@@ -148,22 +167,23 @@ def resolve_location(preset: BackbonePreset, path: str | Path | None = None) -> 
     """Find a preset's weights: in ``path`` (a diffusers pipeline folder, optionally with
     ``motion_adapter/``; AnimateDiff's may instead be ``base/`` + ``motion_adapter/``), else in the hub cache."""
     tried: list[str] = []
+    denoiser = "transformer" if preset.family == "wan" else "unet"
     if path is not None:
         path = Path(path)
-        if (path / "model_index.json").exists() or (path / "unet").is_dir() or (path / "base").is_dir():
+        if any((path / name).exists() for name in ("model_index.json", "unet", "transformer", "base")):
             base = path / "base" if (path / "base").is_dir() else path
             adapter = path / "motion_adapter" if (path / "motion_adapter").is_dir() else None
             if preset.family == "animatediff" and adapter is None and preset.motion_adapter:
                 adapter = _resolve_hub(preset.motion_adapter, None, preset, tried)
-            return WeightLocations(base, base / "unet", adapter)
-        tried.append(f"local directory {path} (no model_index.json or unet/)")
+            return WeightLocations(base, base / denoiser, adapter)
+        tried.append(f"local directory {path} (no model_index.json or {denoiser}/)")
         raise _not_found(preset, tried)
-    if preset.source == "builtin:tiny":
-        base = tiny_model_path()
-        return WeightLocations(base, base / "unet")
+    if preset.source.startswith("builtin:"):
+        base = builtin_model_path(preset.source)
+        return WeightLocations(base, base / denoiser)
     components = tuple(c for c in preset.components if not (c == "unet" and preset.unet_source))
     base = _resolve_hub(preset.source, preset.revision, preset, tried, folders=components)
-    unet = _resolve_hub(preset.unet_source, None, preset, tried) if preset.unet_source else base / "unet"
+    unet = _resolve_hub(preset.unet_source, None, preset, tried) if preset.unet_source else base / denoiser
     adapter = _resolve_hub(preset.motion_adapter, None, preset, tried) if preset.motion_adapter else None
     return WeightLocations(base, unet, adapter)
 
@@ -180,8 +200,9 @@ def load_backbone(
     path: str | Path | None = None,
     device: str | None = None,
     dtype: str | None = None,
-) -> VideoModel:
-    """Load a backbone's components with their own ``from_pretrained``.
+) -> VideoModel | WanVideoModel:
+    """Load a backbone's components with their own ``from_pretrained`` (Wan's in
+    :func:`vstar_model.backbones.wan.load_wan`).
 
     ``dtype`` defaults to the preset's on GPU and float32 on CPU (half precision is slow or
     unsupported for many CPU kernels).
@@ -199,6 +220,10 @@ def load_backbone(
         raise ValueError(f"unknown dtype {dtype_name!r}; use float32, float16 or bfloat16") from None
 
     locations = resolve_location(preset, path)
+    if preset.family == "wan":
+        from vstar_model.backbones.wan import load_wan
+
+        return load_wan(preset, locations, torch_device, torch_dtype)
     base = locations.base
     try:
         tokenizer = CLIPTokenizer.from_pretrained(base / "tokenizer")
@@ -236,11 +261,11 @@ def load_backbone(
         device=torch_device,
         dtype=torch_dtype,
         location=str(locations),
-        revision="+".join(filter(None, [_revision_of(base), _revision_of(locations.unet)])) or preset.revision,
+        revision="+".join(filter(None, [snapshot_revision(base), snapshot_revision(locations.unet)])) or preset.revision,
     )
 
 
-def _revision_of(base: Path) -> str | None:
+def snapshot_revision(base: Path) -> str | None:
     """The hub commit of a snapshot directory (``.../snapshots/<sha>``), if it is one."""
     return base.name if base.parent.name == "snapshots" else None
 

@@ -94,7 +94,7 @@ def _scheduler():
     return DDIMScheduler(**_SCHEDULER_CONFIG)
 
 
-def _write_model_index(directory: Path, pipeline: str, components: dict[str, tuple[str, str]]):
+def write_model_index(directory: Path, pipeline: str, components: dict[str, tuple[str, str]]):
     import diffusers
 
     index = {"_class_name": pipeline, "_diffusers_version": diffusers.__version__}
@@ -144,7 +144,7 @@ def save_tiny_text_to_video(directory: str | Path, seed: int = 0) -> Path:
     _text_encoder(seed + 2).save_pretrained(directory / "text_encoder")
     save_tiny_tokenizer(directory / "tokenizer")
     _scheduler().save_pretrained(directory / "scheduler")
-    _write_model_index(
+    write_model_index(
         directory,
         "TextToVideoSDPipeline",
         {
@@ -197,7 +197,7 @@ def save_tiny_animatediff(directory: str | Path, seed: int = 0) -> Path:
     _text_encoder(seed + 2).save_pretrained(base / "text_encoder")
     save_tiny_tokenizer(base / "tokenizer")
     _scheduler().save_pretrained(base / "scheduler")
-    _write_model_index(
+    write_model_index(
         base,
         "StableDiffusionPipeline",
         {

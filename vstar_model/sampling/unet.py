@@ -10,33 +10,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from vstar_model.backbones.loading import VideoModel
+from vstar_model.sampling import GeneratedVideo, ProgressCallback
 from vstar_model.vsp.embeddings import interpolate_embeddings
 from vstar_model.vsp.unet import frame_batch, per_frame_text
 from vstar_model.tar.unet import apply_tar
-
-ProgressCallback = Callable[[int, int], None]
-
-# Part of every video's resume key: bump it when a change makes the same inputs give other
-# pixels, so resumed runs do not reuse videos of the old code. 2: TAR leaves transformer_in
-# alone, VSP keyframes truncated as the authors'.
-SAMPLER_REVISION = 2
-
-# The paper's ablation (Fig. 11), same seed for all: variant → (VSP on, TAR on).
-VARIANTS: dict[str, tuple[bool, bool]] = {
-    "baseline": (False, False),
-    "tar": (False, True),
-    "vsp": (True, False),
-    "vstar": (True, True),
-    # Appendix B: the same, after fitting the initial noise to a real clip's temporal attention.
-    "gtn": (False, False),
-    "gtn+vstar": (True, True),
-}
-GTN_VARIANTS = frozenset({"gtn", "gtn+vstar"})
 
 
 @dataclass(frozen=True)
@@ -55,13 +37,10 @@ class SamplingConfig:
     def validate(self, model: VideoModel) -> None:
         factor = model.vae_scale_factor
         problems = []
-        if self.num_frames < 1:
-            problems.append(f"num_frames must be ≥ 1, got {self.num_frames}")
-        if model.preset.max_frames and self.num_frames > model.preset.max_frames:
-            problems.append(
-                f"num_frames={self.num_frames} exceeds {model.preset.name!r}'s limit of "
-                f"{model.preset.max_frames} (its motion modules' positional embedding ends there)"
-            )
+        try:
+            model.preset.check_frames(self.num_frames)
+        except ValueError as problem:
+            problems.append(str(problem))
         for name in ("height", "width"):
             value = getattr(self, name)
             if value <= 0 or value % factor:
@@ -74,14 +53,6 @@ class SamplingConfig:
             problems.append(f"decode_chunk_size must be ≥ 1, got {self.decode_chunk_size}")
         if problems:
             raise ValueError("; ".join(problems))
-
-
-@dataclass
-class GeneratedVideo:
-    frames: torch.Tensor  # (N, H, W, 3) uint8, on the CPU
-    states: list[str]
-    seed: int
-    timings: dict[str, float] = field(default_factory=dict)
 
 
 @torch.no_grad()

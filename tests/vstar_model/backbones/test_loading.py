@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from vstar_model.backbones.loading import BackboneNotFound, load_backbone, tiny_model_path
+from vstar_model.backbones.loading import BackboneNotFound, load_backbone, builtin_model_path
 
 from vstar_model.backbones.presets import get_preset
 
@@ -16,9 +16,9 @@ def test_tiny_preset_loads_with_from_pretrained_offline(tiny_model_dir):
 
 def test_builtin_tiny_model_is_built_once_into_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("VSTAR_CACHE_DIR", str(tmp_path))
-    path = tiny_model_path()
+    path = builtin_model_path()
     stamp = (path / "unet" / "config.json").stat().st_mtime_ns
-    assert tiny_model_path() == path
+    assert builtin_model_path() == path
     assert (path / "unet" / "config.json").stat().st_mtime_ns == stamp
     assert not list(tmp_path.glob("models/*.tmp*"))
 
