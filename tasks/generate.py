@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tasks.models import cached_backbone
 from tasks.progress import report
 from tasks.retries import retry_unless
+from vstar_data.catalog import AUTO_TAR
 from vstar_data.keys import sample_key
 from vstar_data.runs import CachePaths, RunPaths
 from vstar_data.storage import StorageError, copy_file, exists, read_bytes, write_bytes_atomic
@@ -132,7 +133,10 @@ class SampleJob(BaseModel):
 
 
 def tar_settings(family: Family, tar: str) -> dict | None:
-    """TAR as parsed settings for content keys (equal settings, equal dicts, whatever the spelling)."""
+    """TAR as parsed settings for content keys (equal settings, equal dicts, whatever the spelling);
+    ``auto`` stands for itself (the key of a job whose σ search failed)."""
+    if tar == AUTO_TAR:
+        return {"auto": True}
     if family == "wan":
         from vstar_model.tar.dit import parse_dit_tar
 
@@ -146,7 +150,9 @@ def tar_settings(family: Family, tar: str) -> dict | None:
 
 def tar_layers_and_sigmas(family: Family, tar: str) -> tuple[list[str], list[float]]:
     """Where TAR acts and with which σ, for the record: UNet levels ("64", "32") or DiT block
-    ranges ("b0-9"), each with its σ; empty when TAR is off."""
+    ranges ("b0-9"), each with its σ; empty when TAR is off or its σ search never settled."""
+    if tar == AUTO_TAR:
+        return [], []
     if family == "wan":
         from vstar_model.tar.dit import parse_dit_tar
 

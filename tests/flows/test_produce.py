@@ -121,8 +121,9 @@ def test_local_run_is_readable_by_dataset_readers_and_resumes_without_regenerati
     assert len(pandas.read_parquet(f"{first}/synopses.parquet")) == 2
 
     from tasks import evaluate, generate
+    from vstar_model.video import reader
 
-    real_generate, real_score = generate.generate_video, evaluate.score_video
+    real_generate, real_score, real_read = generate.generate_video, evaluate.score_video, reader.read_video_frames
 
     def must_not_generate(*args, **kwargs):
         raise AssertionError("an unchanged catalog must reuse every finished video")
@@ -162,6 +163,7 @@ def test_local_run_is_readable_by_dataset_readers_and_resumes_without_regenerati
 
     monkeypatch.setattr("tasks.generate.generate_video", counted_generate)
     monkeypatch.setattr("tasks.evaluate.score_video", real_score)
+    monkeypatch.setattr("vstar_model.video.reader.read_video_frames", real_read)  # new videos are scored
     third = _run(catalog, root, tiny_model_dir, model=ModelSettings(path=str(tiny_model_dir), steps=2, guidance_scale=0))
     keys = [{r["sample_key"] for r in read_table(f"{run}/samples.parquet").to_pylist()} for run in (first, third)]
     assert sorted(generated) == [0, 3, 11] and not keys[0] & keys[1]
