@@ -268,8 +268,8 @@ def produce(
         model_settings = ModelSettings(preset=model, path=model_path, device=device, dtype=dtype, steps=steps,
                                        height=height, width=width, flow_shift=flow_shift)
         try:
-            check_entries(list(entries), frames=frames, tar=tar, variants=variant, model=model_settings,
-                          tar_band_from=tar_band_from)  # what the backbone cannot make
+            check_entries(list(entries), frames=frames, tar=tar, variants=variant,
+                          model=model_settings)  # what the backbone cannot make
             check_backbones(list(entries), model_settings)  # missing weights: a message, not a traceback
         except (BackboneNotFound, ValueError) as error:
             _fail(str(error))

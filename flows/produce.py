@@ -126,8 +126,7 @@ def produce_dataset(
 def _produce(p: ProduceParameters) -> str:
     logger = get_run_logger()
     entries = read_catalog(p.catalog, p.max_frames)  # a bad catalog stops the run before anything is written
-    check_entries(entries, frames=p.frames, tar=p.tar, variants=p.variants, model=p.model,
-                  tar_band_from=p.tar_band_from)  # so do impossible videos
+    check_entries(entries, frames=p.frames, tar=p.tar, variants=p.variants, model=p.model)  # so do impossible videos
     check_backbones(entries, p.model)  # and missing model weights
     metric = check_evaluation(p.evaluation)  # and missing metric weights
     if p.evaluation.reference:
