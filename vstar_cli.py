@@ -195,7 +195,8 @@ def produce(
         "repeat for several"
     ),
     tar_band_from: Optional[str] = typer.Option(
-        None, "--tar-band-from", help="real clip whose frame similarity (with --metric) is ΔA at the TAR levels"
+        None, "--tar-band-from",
+        help="real clip whose frame similarity (with --metric) is ΔA at the TAR levels or DiT blocks",
     ),
     gtn_reference: Optional[str] = typer.Option(None, help="real clip the gtn variants fit their initial noise to"),
     gtn_steps: Optional[int] = typer.Option(None, min=0, help="GTN gradient steps (default 20)"),

@@ -71,7 +71,8 @@ class ProduceParameters(BaseModel):
     llm: LLMSettings = LLMSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
     tar_band_from: str | None = Field(
-        None, description="a real clip whose frame similarity (the run's metric) is ΔA at the TAR levels (Fig. 9)"
+        None,
+        description="a real clip whose frame similarity (the run's metric) is ΔA at the TAR levels or DiT blocks (Fig. 9)",
     )
     gtn: GTNSettings = GTNSettings()
     tuning: TuningSettings = TuningSettings()
