@@ -195,7 +195,8 @@ def produce(
         "repeat for several"
     ),
     tar_band_from: Optional[str] = typer.Option(
-        None, "--tar-band-from", help="real clip whose frame similarity (with --metric) is ΔA at the TAR levels"
+        None, "--tar-band-from",
+        help="real clip whose frame similarity (with --metric) is ΔA at the TAR levels or DiT blocks",
     ),
     gtn_reference: Optional[str] = typer.Option(None, help="real clip the gtn variants fit their initial noise to"),
     gtn_steps: Optional[int] = typer.Option(None, min=0, help="GTN gradient steps (default 20)"),
@@ -268,8 +269,8 @@ def produce(
         model_settings = ModelSettings(preset=model, path=model_path, device=device, dtype=dtype, steps=steps,
                                        height=height, width=width, flow_shift=flow_shift)
         try:
-            check_entries(list(entries), frames=frames, tar=tar, variants=variant, model=model_settings,
-                          tar_band_from=tar_band_from)  # what the backbone cannot make
+            check_entries(list(entries), frames=frames, tar=tar, variants=variant,
+                          model=model_settings)  # what the backbone cannot make
             check_backbones(list(entries), model_settings)  # missing weights: a message, not a traceback
         except (BackboneNotFound, ValueError) as error:
             _fail(str(error))

@@ -71,7 +71,8 @@ class ProduceParameters(BaseModel):
     llm: LLMSettings = LLMSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
     tar_band_from: str | None = Field(
-        None, description="a real clip whose frame similarity (the run's metric) is ΔA at the TAR levels (Fig. 9)"
+        None,
+        description="a real clip whose frame similarity (the run's metric) is ΔA at the TAR levels or DiT blocks (Fig. 9)",
     )
     gtn: GTNSettings = GTNSettings()
     tuning: TuningSettings = TuningSettings()
@@ -126,8 +127,7 @@ def produce_dataset(
 def _produce(p: ProduceParameters) -> str:
     logger = get_run_logger()
     entries = read_catalog(p.catalog, p.max_frames)  # a bad catalog stops the run before anything is written
-    check_entries(entries, frames=p.frames, tar=p.tar, variants=p.variants, model=p.model,
-                  tar_band_from=p.tar_band_from)  # so do impossible videos
+    check_entries(entries, frames=p.frames, tar=p.tar, variants=p.variants, model=p.model)  # so do impossible videos
     check_backbones(entries, p.model)  # and missing model weights
     metric = check_evaluation(p.evaluation)  # and missing metric weights
     if p.evaluation.reference:

@@ -16,11 +16,10 @@ from prefect.futures import wait
 
 from tasks.evaluate import EvaluationSettings, settings_embedder
 from tasks.generate import GTNSettings, ReferenceBand
-from tasks.jobs import entry_frames, failure_reason
+from tasks.jobs import check_tar, entry_frames, failure_reason
 from vstar_data.catalog import AUTO_TAR, CatalogEntry
 from vstar_model.backbones.presets import get_preset
 from vstar_model.sampling import GTN_VARIANTS, VARIANTS
-from vstar_model.tar.unet import parse_tar
 from vstar_data.keys import content_key
 from vstar_data.storage import exists, filesystem, join, list_files, read_bytes, sha256, write_bytes_atomic
 
@@ -105,16 +104,17 @@ def check_clip_inputs(entries: list[CatalogEntry], parameters) -> None:
     uses_gtn = any(variant in GTN_VARIANTS for variant in parameters.variants)
     problems, clips = [], set()
     for entry in entries:
-        tar = entry.tar or parameters.tar or get_preset(entry.model or parameters.model.preset).default_tar
+        preset = get_preset(entry.model or parameters.model.preset)
+        tar = entry.tar or parameters.tar or preset.default_tar
         source = band_source(entry, parameters) if uses_tar else None
         if source is not None:
             clips.add(source)
             if tar == AUTO_TAR:
                 problems.append(f"entry {entry.id!r}: tar 'auto' searches the Gaussian band's σ; "
                                 f"tar_band_from {source} replaces that band: give one of them")
-            elif parse_tar(tar) is None:
-                problems.append(f"entry {entry.id!r}: tar_band_from {source} needs TAR levels, e.g. tar '64D1', "
-                                f"not {tar!r}")
+            elif check_tar(preset, tar) is None:
+                example = "blocks, e.g. tar 'b0-9D1s0.5'" if preset.family == "wan" else "levels, e.g. tar '64D1'"
+                problems.append(f"entry {entry.id!r}: tar_band_from {source} needs TAR {example}, not {tar!r}")
             if parameters.evaluation.metric == "none":
                 problems.append(f"entry {entry.id!r}: tar_band_from needs a similarity metric, not metric 'none'")
         if uses_gtn:

@@ -172,6 +172,8 @@ def sample_row(job: SampleJob, run: RunPaths, key: str, record: dict | None, err
     ok = error is None
     family = job.family
     tar_layers, tar_sigmas = tar_layers_and_sigmas(family, job.tar)
+    if job.tar_band is not None:
+        tar_sigmas = None  # no σ: ΔA is the clip's band (tar_band_clip) at tar_layers
     return {
         "run_id": run.run_id,
         "sample_key": key,
@@ -230,9 +232,15 @@ def generate_job_video(model, job: SampleJob, progress=None) -> tuple[GeneratedV
 
     tar = job.tar
     if job.tar_band is not None:
-        from vstar_model.tar.reference import reference_band_tar
+        band = torch.tensor(job.tar_band.matrix)  # over the video's frames
+        if job.family == "wan":  # a DiT attends over latent frames: the band is resampled to their count
+            from vstar_model.tar.reference import reference_band_dit_tar
 
-        tar = reference_band_tar(job.tar, torch.tensor(job.tar_band.matrix))
+            tar = reference_band_dit_tar(job.tar, band, get_preset(job.model).latent_frames(job.num_frames))
+        else:
+            from vstar_model.tar.reference import reference_band_tar
+
+            tar = reference_band_tar(job.tar, band)
     fitting = job.gtn.steps if job.gtn else 0
     total = fitting + job.num_inference_steps
 

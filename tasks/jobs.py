@@ -68,7 +68,7 @@ def check_backbones(entries: list[CatalogEntry], model: ModelSettings) -> None:
 
 
 def check_entries(entries: list[CatalogEntry], *, frames: int | None, tar: str | None, variants: list[str],
-                  model: ModelSettings, tar_band_from: str | None = None) -> None:
+                  model: ModelSettings) -> None:
     """Refuse, before any work, what an entry's backbone cannot do: a frame count its VAE cannot
     make (Wan: 4k+1), a TAR preset of the other kind (UNet levels vs DiT blocks), RIFLEx on a UNet.
 
@@ -90,7 +90,6 @@ def check_entries(entries: list[CatalogEntry], *, frames: int | None, tar: str |
             if preset.family == "wan":
                 unet_only = [what for what, used in (
                     ("tar 'auto'", entry_tar == AUTO_TAR),
-                    ("tar_band_from", (entry.tar_band_from or tar_band_from) is not None),
                     (f"variant(s) {', '.join(sorted(GTN_VARIANTS & set(variants)))}", bool(GTN_VARIANTS & set(variants))),
                 ) if used]
                 if unet_only:
@@ -105,16 +104,19 @@ def check_entries(entries: list[CatalogEntry], *, frames: int | None, tar: str |
         raise ValueError("\n".join(problems))
 
 
-def check_tar(preset: BackbonePreset, tar: str) -> None:
-    """Raise ValueError unless ``tar`` is a TAR preset for ``preset``'s kind of backbone."""
+def check_tar(preset: BackbonePreset, tar: str):
+    """``tar`` parsed for ``preset``'s kind of backbone (UNet levels or DiT blocks; ``None`` for off).
+
+    Raises:
+        ValueError: when ``tar`` is no TAR preset for that kind of backbone.
+    """
     if preset.family == "wan":
         from vstar_model.tar.dit import parse_dit_tar
 
-        parse_dit_tar(tar)
-    else:
-        from vstar_model.tar.unet import parse_tar
+        return parse_dit_tar(tar)
+    from vstar_model.tar.unet import parse_tar
 
-        parse_tar(tar)
+    return parse_tar(tar)
 
 
 def entry_frames(entry: CatalogEntry, frames: int | None, model: ModelSettings) -> int:

@@ -75,7 +75,7 @@ SAMPLES_SCHEMA = _schema(
     _optional("model_revision", pa.string()),
     _optional("tar", pa.string()),  # TAR spec string; null when TAR is off
     _optional("tar_layers", pa.list_(pa.string())),  # where TAR acts: UNet levels ("64") or DiT block ranges ("b0-9")
-    _optional("tar_sigmas", pa.list_(pa.float64())),  # σ of each of tar_layers
+    _optional("tar_sigmas", pa.list_(pa.float64())),  # σ of each of tar_layers; null with a band from tar_band_clip
     _required("vsp", pa.bool_()),  # conditioned on >= 2 synopsis states (not a fallback, not one state)
     _optional("riflex", pa.bool_()),  # RIFLEx's lowered temporal RoPE frequency (DiTs)
     _optional("flow_shift", pa.float64()),  # flow-matching schedule shift (Wan); null for DDIM UNets

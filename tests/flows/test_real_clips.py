@@ -79,6 +79,38 @@ def test_a_clips_frame_similarity_is_the_band_and_enters_the_resume_key(clips, t
     assert second["other-clip"]["tar_band_clip"] == str(clips / "carphone.mp4")
 
 
+def test_a_clips_band_on_wan_is_resampled_to_latent_frames(clips, tiny_wan_dir, tmp_path, monkeypatch):
+    """tiny-wan, 17 frames = 5 latent frames: the clip's 17×17 matrix becomes the 5×5 ΔA of the
+    preset's blocks, and the video differs from the same entry's with the Gaussian band."""
+    from vstar_model.sampling import dit
+
+    installed = []
+
+    def recording(transformer, tar):
+        installed.append(tar)
+        return real(transformer, tar)
+
+    real = dit.apply_dit_tar
+    monkeypatch.setattr(dit, "apply_dit_tar", recording)
+    bikes = str(clips / "bikes.mp4")
+    entry = "  prompt: a rainbow appears\n  synopsis: [grey sky, a rainbow]\n"
+    catalog = _catalog(tmp_path, f"- id: rain\n{entry}  tar_band_from: {bikes}\n- id: plain\n{entry}")
+    run_dir = _run(catalog, "memory://vstar-wan-band", None, frames=17, variants=["vstar"],
+                   model=ModelSettings(preset="tiny-wan", path=str(tiny_wan_dir), steps=2, height=32, width=32))
+    rows = {row["catalog_id"]: row for row in _rows(run_dir)}
+    band, plain = rows["rain"], rows["plain"]
+    assert (band["status"], plain["status"]) == ("ok", "ok")
+    assert (band["model_family"], band["num_frames"], band["tar"]) == ("wan", 17, "b0-1D1s0.5")
+    assert (band["tar_band_clip"], band["tar_band_metric"]) == (bikes, "pixel_cosine")
+    assert band["tar_band_sha256"] == hashlib.sha256((clips / "bikes.mp4").read_bytes()).hexdigest()
+    assert (band["tar_layers"], band["tar_sigmas"]) == (["b0-1"], None)  # the blocks; no σ: the clip's band
+    assert (plain["tar_band_clip"], plain["tar_layers"], plain["tar_sigmas"]) == (None, ["b0-1"], [1.0])
+    assert band["video_sha256"] != plain["video_sha256"]
+    matrices = [tar.matrix for tar in installed if not isinstance(tar, str)]
+    assert len(matrices) == 1 and matrices[0].shape == (5, 5)
+    assert verify_manifest(run_dir) == []
+
+
 def test_gtn_variants_fit_the_noise_to_a_reference_clip(clips, tiny_model_dir, tmp_path):
     bikes = str(clips / "bikes.mp4")
     catalog = _catalog(tmp_path, "- id: race\n  prompt: a bike race\n  synopsis: [a start line, a finish line]\n")
@@ -166,12 +198,16 @@ def test_a_failed_search_fails_that_entrys_tar_videos_only(clips, tiny_model_dir
         (dict(tar="auto", tar_band_from="CLIP"), "give one of them"),
         (dict(tar_band_from="CLIP", evaluation=EvaluationSettings(metric="none")), "needs a similarity metric"),
         (dict(tar_band_from="/no/such/clip.mp4"), "no such clip: /no/such/clip.mp4"),
+        (dict(model="tiny-wan", frames=17, tar="off", tar_band_from="CLIP"), "needs TAR blocks, e.g. tar 'b0-9D1s0.5'"),
+        (dict(model="tiny-wan", frames=17, tar="auto", tar_band_from="CLIP"), "tar 'auto' work on UNet backbones only"),
     ],
 )
-def test_unusable_real_clip_settings_stop_the_run_before_any_work(clips, tiny_model_dir, tmp_path, overrides,
-                                                                  message):
+def test_unusable_real_clip_settings_stop_the_run_before_any_work(clips, tiny_model_dir, tiny_wan_dir, tmp_path,
+                                                                  overrides, message):
     if overrides.get("tar_band_from") == "CLIP":
         overrides["tar_band_from"] = str(clips / "bikes.mp4")
+    if overrides.get("model") == "tiny-wan":
+        overrides["model"] = ModelSettings(preset="tiny-wan", path=str(tiny_wan_dir))
     root = tmp_path / "out"
     with pytest.raises(ValueError, match=message):
         _run(_catalog(tmp_path, "- id: a\n  prompt: p\n"), str(root), tiny_model_dir, **overrides)

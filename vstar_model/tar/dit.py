@@ -3,7 +3,9 @@
 A DiT has no separate temporal attention: ``attn1`` of each ``WanTransformerBlock`` is full
 self-attention over all video tokens. TAR there adds ``strength·m_i·ΔA[f(i), f(j)]`` to the logits,
 with f the latent frame of a token and ΔA the Gaussian band over latent-frame distance (see
-:mod:`vstar_model.tar.full_attention`). UNet levels become transformer blocks.
+:mod:`vstar_model.tar.full_attention`), or a given ``[F', F']`` matrix over latent frames
+(``DiTTARConfig.matrix``, e.g. a real clip's frame similarity: paper Fig. 9,
+:func:`vstar_model.tar.reference.reference_band_dit_tar`). UNet levels become transformer blocks.
 
 ``apply_dit_tar(transformer, "b0-9D1s0.5")`` swaps the ``attn1`` processors of the chosen blocks for
 :class:`DiTTARAttnProcessor` and returns a :class:`DiTTARHandle`, the same shape as
@@ -34,7 +36,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 import torch
 
-from vstar_model.tar.bands import CachedBand, check_sigma, make_band
+from vstar_model.tar.bands import CachedBand, check_sigma, make_band, validate_band_matrix
 from vstar_model.tar.full_attention import flex_tar_attention_3d, frame_row_max, tar_attention_3d
 from vstar_model.tar.unet import DEFAULT_ACTIVE_STEPS, TARSchedule
 
@@ -110,12 +112,16 @@ class DiTTARConfig:
         kernel: ``"flex"`` (fused FlexAttention, compiled on first use per shape), ``"tiled"``
             (:func:`~vstar_model.tar.full_attention.tar_attention_3d`) or ``"auto"``: flex on CUDA,
             tiled elsewhere (on CPU the tiled path is faster for the exact max and needs no compile).
+        matrix: ΔA ``[F', F']`` over latent frames for every range instead of the Gaussian band
+            (the ranges' σ is then unused, their strength is not); videos must then have F' latent
+            frames. ``None`` (default): the Gaussian band of each range's σ.
     """
 
     ranges: tuple[BlockRange, ...]
     active_steps: float = DEFAULT_ACTIVE_STEPS
     row_max: RowMax = "exact"
     kernel: Kernel = "auto"
+    matrix: torch.Tensor | None = field(default=None, repr=False)
     _by_block: dict[int, BlockRange] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -135,6 +141,8 @@ class DiTTARConfig:
             raise ValueError(f"unknown DiT TAR row max {self.row_max!r}; expected one of {', '.join(ROW_MAX_MODES)}")
         if self.kernel not in KERNELS:
             raise ValueError(f"unknown DiT TAR kernel {self.kernel!r}; expected one of {', '.join(KERNELS)}")
+        if self.matrix is not None:
+            object.__setattr__(self, "matrix", validate_band_matrix(self.matrix))
 
     @classmethod
     def from_preset(cls, preset: str) -> DiTTARConfig:
@@ -171,7 +179,8 @@ class DiTTARConfig:
 
     @property
     def preset(self) -> str:
-        """The canonical preset string (for records): ranges, then the window and row max if not default."""
+        """The canonical preset string (for records): ranges, then the window and row max if not default
+        (a ``matrix`` is not part of it)."""
         parts = [part.preset for part in self.ranges]
         if self.active_steps != DEFAULT_ACTIVE_STEPS:
             parts.append(f"w{self.active_steps:g}")
@@ -417,7 +426,10 @@ class DiTTARHandle:
                 f"DiT TAR block(s) {_span(missing)} are not in {model}, which has blocks 0–{len(all_blocks) - 1}"
             )
         layout = TokenLayout(self._transformer.config.patch_size)
-        bands = {part: make_band("gaussian", sigma=part.sigma) for part in config.ranges}
+        if config.matrix is None:
+            bands = {part: make_band("gaussian", sigma=part.sigma) for part in config.ranges}
+        else:
+            bands = dict.fromkeys(config.ranges, make_band("matrix", matrix=config.matrix))
         current = self._transformer.attn_processors
         for name, index in all_blocks.items():
             part = config.blocks.get(index)

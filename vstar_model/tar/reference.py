@@ -2,11 +2,13 @@
 
 The paper observes that a real clip's DreamSim similarity matrix resembles its temporal attention
 and uses it directly as ΔA. The matrix is over the frames the temporal attention sees: a UNet's
-video frames, or a DiT's latent frames (resample it to their count with :func:`resample_band`).
+video frames (:func:`reference_band_tar`), or a DiT's latent frames (:func:`reference_band_dit_tar`
+resamples a matrix over the video's frames to their count with :func:`resample_band`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 import torch
@@ -14,6 +16,7 @@ import torch.nn.functional as F
 
 from vstar_model.evaluation.similarity import FrameEmbedder, similarity_matrix
 from vstar_model.tar.bands import validate_band_matrix
+from vstar_model.tar.dit import DiTTARConfig, parse_dit_tar
 from vstar_model.tar.unet import TARConfig, parse_tar
 
 
@@ -55,3 +58,17 @@ def reference_band_tar(levels: TARConfig | str | Mapping[int, float], band: torc
     if config.replace is not None:
         raise ValueError("a band from a real video regularises attention; it cannot replace the maps")
     return TARConfig(sigmas=config.sigmas, mode="matrix", matrix=band, active_steps=config.active_steps)
+
+
+def reference_band_dit_tar(blocks: DiTTARConfig | str, band: torch.Tensor, latent_frames: int) -> DiTTARConfig:
+    """DiT TAR with ``band`` as ΔA at the blocks, strengths, step window and row max of ``blocks``.
+
+    ``blocks`` is a DiT TAR setting such as ``"b0-9D1s0.5"``; its σ values are unused. ``band`` is
+    ``[N, N]`` over the video's N pixel frames (what a clip's frame similarity gives); a DiT attends
+    over ``latent_frames`` F' (Wan: 1 + (N − 1)/4), so the config's matrix is
+    ``resample_band(band, F')`` ``[F', F']``: first and last pixel frame on the first and last latent frame.
+    """
+    config = parse_dit_tar(blocks)
+    if config is None:
+        raise ValueError("a band from a real video needs TAR blocks (e.g. 'b0-9D1s0.5'), not 'off'")
+    return dataclasses.replace(config, matrix=resample_band(band, latent_frames))
