@@ -128,6 +128,9 @@ class Retry:
 
 
 DEFAULT_RETRY = Retry()
+# Before any work a user waits for the verdict: one try (with the object-store client's own
+# retries, which ride out a blip) names a wrong endpoint in seconds, not after the run's 11 s backoff.
+PREFLIGHT_RETRY = Retry(attempts=1)
 
 
 def _http_status_and_code(error: BaseException) -> tuple[int | None, str | None]:
@@ -354,7 +357,7 @@ def remove(url: str, *, recursive: bool = False, retry: Retry = DEFAULT_RETRY) -
     with_retry("delete", url, lambda: fs.rm(path, recursive=recursive), retry)
 
 
-def check_writable(url: str, *, retry: Retry = DEFAULT_RETRY) -> None:
+def check_writable(url: str, *, retry: Retry = PREFLIGHT_RETRY) -> None:
     """Write and delete a small file under the directory ``url``, so that a wrong endpoint, a
     missing bucket or missing permissions show before any work (as :class:`StorageError`)."""
     probe = join(url, f"{TEMP_PREFIX}write-check-{uuid.uuid4().hex[:8]}")
