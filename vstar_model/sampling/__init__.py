@@ -41,6 +41,14 @@ GTN_VARIANTS = frozenset({"gtn", "gtn+vstar"})
 SAMPLER_REVISION = 2
 
 
+def check_finite(latents: torch.Tensor, *, seed: int, steps: int, dtype: torch.dtype) -> None:
+    """Fail this video rather than encode garbage: half-precision overflow or broken weights."""
+    if not torch.isfinite(latents).all():
+        raise FloatingPointError(
+            f"denoising produced non-finite latents (NaN/Inf) for seed {seed} after {steps} steps in {dtype}"
+        )
+
+
 @dataclass
 class GeneratedVideo:
     frames: torch.Tensor  # (N, H, W, 3) uint8, on the CPU

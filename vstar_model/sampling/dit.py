@@ -34,7 +34,7 @@ import torch
 
 from vstar_model.backbones.riflex import apply_riflex
 from vstar_model.backbones.wan import WanVideoModel
-from vstar_model.sampling import GeneratedVideo, ProgressCallback
+from vstar_model.sampling import GeneratedVideo, ProgressCallback, check_finite
 from vstar_model.tar.dit import apply_dit_tar
 from vstar_model.vsp.dit import frame_tokens, per_frame_text
 from vstar_model.vsp.embeddings import interpolate_embeddings
@@ -194,12 +194,7 @@ def generate_video(
                 if progress is not None:
                     progress(step + 1, total)
         timings["denoise_seconds"] = time.perf_counter() - start
-        if not torch.isfinite(latents).all():
-            # bf16/fp16 overflow or broken weights: fail this video rather than encode garbage.
-            raise FloatingPointError(
-                f"denoising produced non-finite latents (NaN/Inf) for seed {seed} "
-                f"after {total} steps in {model.dtype}"
-            )
+        check_finite(latents, seed=seed, steps=total, dtype=model.dtype)
 
         start = time.perf_counter()
         frames = decode_latents(model, latents)

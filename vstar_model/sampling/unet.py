@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from vstar_model.backbones.loading import VideoModel
-from vstar_model.sampling import GeneratedVideo, ProgressCallback
+from vstar_model.sampling import GeneratedVideo, ProgressCallback, check_finite
 from vstar_model.vsp.embeddings import interpolate_embeddings
 from vstar_model.vsp.unet import frame_batch, per_frame_text
 from vstar_model.tar.unet import apply_tar
@@ -210,12 +210,7 @@ def generate_video(
                 if progress is not None:
                     progress(step + 1, total)
         timings["denoise_seconds"] = time.perf_counter() - start
-        if not torch.isfinite(latents).all():
-            # fp16 overflow or broken weights: fail this video rather than encode garbage.
-            raise FloatingPointError(
-                f"denoising produced non-finite latents (NaN/Inf) for seed {seed} "
-                f"after {total} steps in {model.dtype}"
-            )
+        check_finite(latents, seed=seed, steps=total, dtype=model.dtype)
 
         start = time.perf_counter()
         frames = decode_latents(model, latents, config.decode_chunk_size)
