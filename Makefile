@@ -20,8 +20,9 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/vstar produce catalogs/demo.yaml --out $(OUT) --fallback-metric pixel_cosine
 
+# Two workers, one per core (each test file stays on one worker, beside its module fixtures).
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -22,6 +22,8 @@ os.environ.update(
     DO_NOT_TRACK="1",
     VSTAR_CACHE_DIR=str(_HOME / "cache"),
 )
+if "PYTEST_XDIST_WORKER" in os.environ:  # `make test` runs one worker per core: one thread each, subprocesses too
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("PREFECT_API_KEY", None)
 
