@@ -38,11 +38,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from vstar_data.runs import ENTRY_ID_PATTERN
+from vstar_data.schemas import read_parquet_bytes
 from vstar_data.storage import StorageError, read_bytes
 
 DEFAULT_MAX_FRAMES = 256
@@ -510,7 +510,7 @@ def _csv_list(cell: str, *, integers: bool) -> Any:
 
 def _parquet_entries(raw: bytes, problems: _Problems) -> list[_RawEntry]:
     try:
-        table = pq.read_table(pa.BufferReader(raw))  # not a Python file: see schemas.read_table
+        table = read_parquet_bytes(raw)
     except (pa.ArrowException, OSError) as error:
         raise problems.fail(None, None, f"not a readable Parquet file: {error}") from error
     return [

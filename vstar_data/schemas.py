@@ -325,16 +325,23 @@ def write_table(
 
 
 def read_table(url: str, *, retry: Retry = DEFAULT_RETRY) -> pa.Table:
-    """Read the Parquet file at ``url`` (metadata included).
+    """Read the Parquet file at ``url`` (metadata included)."""
+    return read_parquet_bytes(read_bytes(url, retry=retry))
 
-    The bytes go to Arrow as its own buffer, not as a Python file object: Arrow's I/O threads
-    would call back into Python to read one, and a call still pending when the interpreter exits
-    aborts the process ("terminate called without an active exception", exit code 134). Nor does
-    the read start Arrow's thread pools (the bytes are in memory already): a pool thread still
-    alive at interpreter exit aborts it the same way (seen in 1 of 20 `vstar runs list` calls
-    beside two CPU hogs).
+
+def read_parquet_bytes(data: bytes) -> pa.Table:
+    """The table in the Parquet file ``data``, read from Arrow's own copy of the bytes.
+
+    Not from the Python bytes (``pa.BufferReader(data)``) nor a Python file object: the reader
+    can drop its last reference to its source on one of Arrow's threads, and releasing a Python
+    object there takes the GIL; while the interpreter is finalising that kills the thread
+    mid-destructor and aborts the process ("terminate called without an active exception",
+    exit code 134, after a command printed its output: 1 in 60 `vstar runs list` calls beside
+    three CPU hogs, caught in gdb). Arrow-owned memory is freed without the GIL.
     """
-    return pq.read_table(pa.BufferReader(read_bytes(url, retry=retry)), use_threads=False, pre_buffer=False)
+    copy = pa.BufferOutputStream()
+    copy.write(data)
+    return pq.read_table(copy.getvalue())
 
 
 def table_run_id(table: pa.Table) -> str | None:

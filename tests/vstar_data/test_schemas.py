@@ -214,3 +214,25 @@ def test_every_schema_is_tagged_with_its_table_name():
     names = [schema.metadata[b"vstar.table"] for schema, _ in TABLES]
     assert names == [b"synopses", b"samples", b"metrics", b"runs", b"tuning"]
     assert all(isinstance(schema, pa.Schema) for schema, _ in TABLES)
+
+
+def test_parquet_is_read_from_arrows_own_copy_of_the_bytes(tmp_path, monkeypatch):
+    """A reader whose source is Python memory may release it on an Arrow thread while the
+    interpreter exits, which aborts the process (exit code 134): its source must be Arrow's."""
+    import vstar_data.schemas as schemas
+
+    write_table(str(tmp_path / "m.parquet"), [metric_row("r", 1)], METRICS_SCHEMA, run_id="r")
+    data = (tmp_path / "m.parquet").read_bytes()
+    sources = []
+    real_read_table = pq.read_table
+
+    def recording_read_table(source, **kwargs):
+        sources.append(source)
+        return real_read_table(source, **kwargs)
+
+    monkeypatch.setattr(schemas, "read_bytes", lambda url, retry: data)
+    monkeypatch.setattr(schemas.pq, "read_table", recording_read_table)
+    assert table_run_id(read_table("any-url")) == "r"
+    [source] = sources
+    python_memory = np.frombuffer(data, np.uint8).ctypes.data
+    assert isinstance(source, pa.Buffer) and source.address != python_memory

@@ -15,9 +15,15 @@ import torch.nn.functional as F
 
 ReplaceMode = Literal["identity", "ones"]
 REPLACE_MODES: tuple[str, ...] = ("identity", "ones")
-# Logits per CPU chunk: 512 KiB in float32, so that a chunk's maps and operands stay in cache
-# between the ops.
-_CPU_CHUNK_ELEMENTS = 1 << 17
+
+
+def _cpu_chunk_elements(num_frames: int) -> int:
+    """Logits per CPU chunk: 512 KiB in float32 up to 64 frames, so that a chunk's maps and
+    operands stay in cache between the ops; 1 MiB beyond, where 512 KiB holds only 2 maps of 256
+    frames (8 of 128) and the batched products of so few matrices lose more than the cache gains
+    (TAR/SDPA CPU time, 2 threads, 21 repeats: [20, 16, 256, 64] 1.42 → 1.25, [80, 8, 128, 64]
+    as diffusers passes it 1.46 → 1.24; at 16 frames the larger chunk was slower, 1.41 → 1.74)."""
+    return 1 << 17 if num_frames <= 64 else 1 << 18
 
 
 def _check_band(band: torch.Tensor, num_queries: int, num_keys: int) -> None:
@@ -152,9 +158,9 @@ def _tar_attention_cpu(
     fold = heads == 1 or all(t.stride(0) == heads * t.stride(1) for t in (query, key, value))
     # A chunk is `rows` videos × `head_step` heads: whole rows of heads while they fit, else
     # part of one row's heads (long clips, many heads).
-    per_head = num_queries * num_keys
-    rows = max(1, min(batch, _CPU_CHUNK_ELEMENTS // (heads * per_head)))
-    head_step = heads if rows > 1 else max(1, min(heads, _CPU_CHUNK_ELEMENTS // per_head))
+    per_head, chunk_elements = num_queries * num_keys, _cpu_chunk_elements(num_queries)
+    rows = max(1, min(batch, chunk_elements // (heads * per_head)))
+    head_step = heads if rows > 1 else max(1, min(heads, chunk_elements // per_head))
     most = rows * head_step
     logits = query.new_empty(most, num_queries, num_keys)
     row_max = query.new_empty(most, num_queries, 1)

@@ -98,7 +98,7 @@ def test_probs_are_distributions_and_give_the_output(monkeypatch):
     band = gaussian_band(6, 1.0, dtype=torch.float64)
     probs = tar_attention_probs(query, key, band)
     torch.testing.assert_close(probs.sum(-1), torch.ones(10, 2, 6, dtype=torch.float64))
-    monkeypatch.setattr(attention, "_CPU_CHUNK_ELEMENTS", 2 * 6 * 6 * 3)  # chunks of 3, last one short
+    monkeypatch.setattr(attention, "_cpu_chunk_elements", lambda frames: 2 * 6 * 6 * 3)  # chunks of 3, last one short
     torch.testing.assert_close(tar_attention(query, key, value, band), probs @ value)
 
 
@@ -158,7 +158,7 @@ def test_every_layout_and_chunking_gives_the_reference(monkeypatch, heads, layou
     masked = tar_attention_probs(query, key, band, attn_mask=mask) @ value
     # Chunks of one head, two heads (of three: the last chunk short), one, two and five videos.
     for chunk_maps in (1, 2, heads, 2 * heads, 5 * heads):
-        monkeypatch.setattr(attention, "_CPU_CHUNK_ELEMENTS", chunk_maps * 6 * 6)
+        monkeypatch.setattr(attention, "_cpu_chunk_elements", lambda frames, maps=chunk_maps: maps * 6 * 6)
         out = tar_attention(query, key, value, band)
         torch.testing.assert_close(out, expected)
         assert out.transpose(1, 2).is_contiguous()  # SDPA's output layout, whatever came in
