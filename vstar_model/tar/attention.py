@@ -18,12 +18,16 @@ REPLACE_MODES: tuple[str, ...] = ("identity", "ones")
 
 
 def _cpu_chunk_elements(num_frames: int) -> int:
-    """Logits per CPU chunk: 512 KiB in float32 up to 64 frames, so that a chunk's maps and
-    operands stay in cache between the ops; 1 MiB beyond, where 512 KiB holds only 2 maps of 256
+    """Logits per CPU chunk (float32): 256 KiB up to 16 frames, 512 KiB up to 64, 1 MiB beyond.
+
+    Small enough that a chunk's maps and operands stay in cache between the ops that read them,
+    large enough that each op has work for every thread. At 16 frames the operands outweigh the
+    maps 16 to 1, so the chunk is halved (TAR/SDPA CPU time, 2 threads, 11 interleaved rounds:
+    [5120, 4, 16, 64] as diffusers passes it 1.66 → 1.41, [1280, 16, 16, 64] contiguous
+    1.25 → 1.13; a quarter was slower again); beyond 64 frames 512 KiB holds only 2 maps of 256
     frames (8 of 128) and the batched products of so few matrices lose more than the cache gains
-    (TAR/SDPA CPU time, 2 threads, 21 repeats: [20, 16, 256, 64] 1.42 → 1.25, [80, 8, 128, 64]
-    as diffusers passes it 1.46 → 1.24; at 16 frames the larger chunk was slower, 1.41 → 1.74)."""
-    return 1 << 17 if num_frames <= 64 else 1 << 18
+    ([20, 16, 256, 64] 1.42 → 1.25, [80, 8, 128, 64] as diffusers passes it 1.46 → 1.24)."""
+    return 1 << 16 if num_frames <= 16 else 1 << 17 if num_frames <= 64 else 1 << 18
 
 
 def _check_band(band: torch.Tensor, num_queries: int, num_keys: int) -> None:
@@ -148,9 +152,10 @@ def _tar_attention_cpu(
     in chunks of the batch whose logits stay in cache between the ops that read them, into
     buffers reused from chunk to chunk; each op runs once per chunk on all its heads. Batched
     matrix products need the matrices one stride apart, which holds when the heads fold into the
-    batch (contiguous heads, or one head). Diffusers' per-head views of a ``[batch, N, heads·d]``
-    projection do not fold, and multiplying them in place is slow (a head's rows are
-    ``heads·d`` apart: for 16 heads of 64, 4 KiB, the same cache set), so their chunk is first
+    batch (contiguous heads, or one head), and for diffusers' per-head views of a
+    ``[batch, N, heads·d]`` projection within one video (its heads are ``d`` apart). A chunk of
+    such views that spans videos does not fold, and multiplying them in place is slow (a head's
+    rows are ``heads·d`` apart: for 16 heads of 64, 4 KiB, the same cache set), so it is first
     copied into contiguous buffers, which costs less.
     """
     batch, heads, num_queries, head_dim = query.shape
@@ -164,16 +169,24 @@ def _tar_attention_cpu(
     most = rows * head_step
     logits = query.new_empty(most, num_queries, num_keys)
     row_max = query.new_empty(most, num_queries, 1)
-    # One head: the products go straight into the output; else via a buffer copied into place.
-    staging = None if heads == 1 else value.new_empty(most, num_queries, value_dim)
-    contiguous = None if fold else [t.new_empty(most, t.shape[-2], t.shape[-1]) for t in (query, key, value)]
+    within_a_video = not fold and rows == 1
+    # The products go straight into the output where its chunk is a uniform batch (one head, or
+    # heads of one video in diffusers' layout); else via a buffer copied into place.
+    staging = None if heads == 1 or within_a_video else value.new_empty(most, num_queries, value_dim)
+    copied = not fold and not within_a_video
+    contiguous = [t.new_empty(most, t.shape[-2], t.shape[-1]) for t in (query, key, value)] if copied else None
     for start in range(0, batch, rows):
         for first_head in range(0, heads, head_step):
             chunk = (slice(start, start + rows), slice(first_head, first_head + head_step))
             count = min(rows, batch - start) * min(head_step, heads - first_head)
             operands = [t[chunk] for t in (query, key, value)]  # [videos, heads, n, d]
             if contiguous is not None:
-                operands = [buffer[:count].view(t.shape).copy_(t) for buffer, t in zip(contiguous, operands)]
+                # Copied in the source's memory order (each video's [N, heads, d] block is
+                # contiguous): reading 4 KiB apart rows into a contiguous buffer is ~4× slower.
+                operands = [
+                    buffer[:count].view(t.shape).transpose(1, 2).copy_(t.transpose(1, 2)).transpose(1, 2)
+                    for buffer, t in zip(contiguous, operands)
+                ]
             chunk_query, chunk_key, chunk_value = (
                 t.reshape(count, t.shape[-2], t.shape[-1]) for t in operands
             )
