@@ -33,10 +33,13 @@ def stop_process(process: subprocess.Popen) -> None:
             process.kill()
 
 
-@pytest.fixture
-def prefect_server(tmp_path):
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """One server for a module's tests (its start-up is ~20 s of a loaded suite); each test
+    deploys into it again and writes under its own folder."""
     port = _free_port()
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"),
+    home = tmp_path_factory.mktemp("prefect-server") / "prefect-home"
+    env = {**os.environ, "PREFECT_HOME": str(home),
            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
     server = subprocess.Popen(
         [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--analytics-off", "--no-ui"],

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 def _deploy(env, project):
     for pool in ("vstar-cpu", "vstar-gpu"):
-        prefect_cli(env, "work-pool", "create", pool, "--type", "process", cwd=project)
+        prefect_cli(env, "work-pool", "create", pool, "--type", "process", "--overwrite", cwd=project)
     prefect_cli(env, "--no-prompt", "deploy", "--all", cwd=project)
 
 
