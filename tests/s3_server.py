@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -21,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+_SPACE = re.compile(r"\s*")
 MOTO_SERVER = str(Path(sys.executable).with_name("moto_server"))
 # Credentials moto accepts; short enough (7 characters) that redaction leaves them alone.
 CREDENTIALS = {
@@ -91,8 +93,7 @@ class S3Server:
             yield requests
         finally:
             self._post("stop-recording")
-            for line in self._recording.read_text().splitlines():
-                entry = json.loads(line)
+            for entry in _json_objects(self._recording.read_text()):
                 body = entry.get("body") or ""
                 size = len(base64.b64decode(body)) if entry.get("body_encoded") else len(body.encode())
                 requests.append(RecordedRequest(entry["method"], entry["url"], entry["headers"], size))
@@ -105,6 +106,18 @@ class S3Server:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
+
+
+def _json_objects(text: str) -> list[dict]:
+    """The objects of moto's recording, one after the other. moto writes an entry and its newline
+    in two writes, so entries of concurrent requests can share a line (each entry is one write)."""
+    decoder, objects = json.JSONDecoder(), []
+    position = _SPACE.match(text, 0).end()
+    while position < len(text):
+        entry, position = decoder.raw_decode(text, position)
+        objects.append(entry)
+        position = _SPACE.match(text, position).end()
+    return objects
 
 
 def _client_credentials() -> dict[str, str]:
