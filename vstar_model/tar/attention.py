@@ -38,16 +38,19 @@ def _check_band(band: torch.Tensor, num_queries: int, num_keys: int) -> None:
 
 
 def _regularise_logits_(
-    logits: torch.Tensor, band: torch.Tensor | None, attn_mask: torch.Tensor | None
+    logits: torch.Tensor,
+    band: torch.Tensor | None,
+    attn_mask: torch.Tensor | None,
+    row_max: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """In place on the scaled logits φ ``[..., N, N]``: ``φ + rowmax(φ)·ΔA (+ mask)``.
 
     The max is per query row over the key frames and keeps its sign (a row whose largest logit is
     negative gets a negative bias), as in the authors' implementation; the mask does not enter it.
-    Without a band only the mask is applied.
+    Without a band only the mask is applied. ``row_max`` (``[..., N, 1]``) is a buffer for the max.
     """
     if band is not None:
-        logits.addcmul_(logits.amax(dim=-1, keepdim=True), band)
+        logits.addcmul_(torch.amax(logits, dim=-1, keepdim=True, out=row_max), band)
     if attn_mask is None:
         return logits
     if attn_mask.dtype == torch.bool:  # SDPA's convention: True = may attend
@@ -154,9 +157,10 @@ def _tar_attention_cpu(
     matrix products need the matrices one stride apart, which holds when the heads fold into the
     batch (contiguous heads, or one head), and for diffusers' per-head views of a
     ``[batch, N, heads·d]`` projection within one video (its heads are ``d`` apart). A chunk of
-    such views that spans videos does not fold, and multiplying them in place is slow (a head's
-    rows are ``heads·d`` apart: for 16 heads of 64, 4 KiB, the same cache set), so it is first
-    copied into contiguous buffers, which costs less.
+    such views that spans videos does not fold: each head is multiplied in place over the chunk's
+    videos (:func:`_tar_attention_cpu_per_head`) where the chunk holds enough videos and a head's
+    rows are less than 4 KiB apart (:func:`_multiplies_heads_in_place`); else the chunk is first
+    copied into contiguous buffers (rows 4 KiB apart fall in the same cache sets: slow).
     """
     batch, heads, num_queries, head_dim = query.shape
     num_keys, value_dim = key.shape[-2], value.shape[-1]
@@ -166,6 +170,8 @@ def _tar_attention_cpu(
     per_head, chunk_elements = num_queries * num_keys, _cpu_chunk_elements(num_queries)
     rows = max(1, min(batch, chunk_elements // (heads * per_head)))
     head_step = heads if rows > 1 else max(1, min(heads, chunk_elements // per_head))
+    if not fold and _multiplies_heads_in_place(query, key, value, rows):
+        return _tar_attention_cpu_per_head(query, key, value, band, scale, attn_mask, output, rows)
     most = rows * head_step
     logits = query.new_empty(most, num_queries, num_keys)
     row_max = query.new_empty(most, num_queries, 1)
@@ -190,19 +196,12 @@ def _tar_attention_cpu(
             chunk_query, chunk_key, chunk_value = (
                 t.reshape(count, t.shape[-2], t.shape[-1]) for t in operands
             )
-            chunk_logits, chunk_max = logits[:count], row_max[:count]
+            chunk_logits = logits[:count]
             torch.baddbmm(
                 chunk_logits, chunk_query, chunk_key.transpose(1, 2), beta=0, alpha=scale, out=chunk_logits
             )
-            # φ + rowmax(φ)·ΔA (+ mask), as _regularise_logits_.
-            torch.amax(chunk_logits, dim=-1, keepdim=True, out=chunk_max)
-            chunk_logits.addcmul_(chunk_max, band)
-            if attn_mask is not None:
-                mask = attn_mask[chunk].reshape(count, num_queries, num_keys)
-                if mask.dtype == torch.bool:  # SDPA's convention: True = may attend
-                    chunk_logits.masked_fill_(~mask, float("-inf"))
-                else:
-                    chunk_logits.add_(mask)
+            mask = None if attn_mask is None else attn_mask[chunk].reshape(count, num_queries, num_keys)
+            _regularise_logits_(chunk_logits, band, mask, row_max[:count])
             torch.softmax(chunk_logits, dim=-1, out=chunk_logits)
             target = output[chunk]  # [videos, heads, N, d_v], laid out [videos, N, heads, d_v]
             if staging is None:
@@ -210,6 +209,58 @@ def _tar_attention_cpu(
             else:
                 products = torch.bmm(chunk_logits, chunk_value, out=staging[:count])
                 target.copy_(products.view(target.shape))
+    return output
+
+
+def _multiplies_heads_in_place(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, videos: int) -> bool:
+    """Whether chunks of ``videos`` videos of diffusers' views are multiplied one head at a time in
+    place: at least 8 videos (each per-head product a batch of 8 or more), and a head's rows
+    less than 4 KiB apart in every projection.
+
+    Per-head / copied CPU time, 2 threads, 11 interleaved pairs, ``[batch, heads, N, 64]`` as
+    diffusers passes them (videos a chunk): [5120, 2, 16] 0.77 (128), [5120, 5, 16] 0.85 (51),
+    [1280, 4, 32] 0.80 (16), [1280, 8, 16] 0.90 (32), [320, 8, 32] 0.87 (8), [320, 4, 64] 0.90 (8),
+    [80, 2, 128] 0.92 (8). Fewer videos a chunk lose to the ops' fixed costs ([80, 10, 64] 1.27 (3),
+    [80, 5, 128] 1.12 (3)), and rows 4 KiB apart fall in the same cache sets (16 heads of 64:
+    [1280, 16, 16] 0.98, [80, 16, 64] 1.18).
+    """
+    return videos >= 8 and all(t.stride(-2) * t.element_size() < 4096 for t in (query, key, value))
+
+
+def _tar_attention_cpu_per_head(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    band: torch.Tensor,
+    scale: float,
+    attn_mask: torch.Tensor | None,
+    output: torch.Tensor,
+    rows: int,
+) -> torch.Tensor:
+    """:func:`_tar_attention_cpu` for diffusers' per-head views, ``rows`` videos a chunk, one
+    batched product per head on the strided views (a head's matrices are one video apart).
+
+    The chunk's logits are ``[heads, rows, N, N]``, so each head's are one contiguous batch, and
+    its products ``[heads, rows, N, d_v]`` are copied into the output once per chunk.
+    """
+    batch, heads, num_queries, _ = query.shape
+    num_keys, value_dim = key.shape[-2], value.shape[-1]
+    logits = query.new_empty(heads, rows, num_queries, num_keys)
+    row_max = query.new_empty(heads, rows, num_queries, 1)
+    products = value.new_empty(heads, rows, num_queries, value_dim)
+    for start in range(0, batch, rows):
+        videos = slice(start, min(start + rows, batch))
+        count = videos.stop - start
+        chunk_logits, chunk_max, chunk_products = logits[:, :count], row_max[:, :count], products[:, :count]
+        for head in range(heads):
+            torch.baddbmm(chunk_logits[head], query[videos, head], key[videos, head].transpose(1, 2),
+                          beta=0, alpha=scale, out=chunk_logits[head])
+        mask = None if attn_mask is None else attn_mask[videos].transpose(0, 1)  # [heads, videos, N, N]
+        _regularise_logits_(chunk_logits, band, mask, chunk_max)
+        torch.softmax(chunk_logits, dim=-1, out=chunk_logits)
+        for head in range(heads):
+            torch.bmm(chunk_logits[head], value[videos, head], out=chunk_products[head])
+        output[videos].copy_(chunk_products.transpose(0, 1))
     return output
 
 

@@ -139,11 +139,13 @@ def _diffusers_layout(batch, heads, frames, head_dim, seed=0):
     ]
 
 
+@pytest.mark.parametrize("heads_in_place", [True, False])
 @pytest.mark.parametrize("heads", [1, 3])
 @pytest.mark.parametrize("layout", ["diffusers", "contiguous", "head-major"])
-def test_every_layout_and_chunking_gives_the_reference(monkeypatch, heads, layout):
-    """Strided inputs, folded or copied heads, chunks of videos or of heads whose last one is
-    short: all equal ``tar_attention_probs(...) @ value`` (with a mask, too)."""
+def test_every_layout_and_chunking_gives_the_reference(monkeypatch, heads, layout, heads_in_place):
+    """Strided inputs, folded, copied or per-head multiplied heads, chunks of videos or of heads
+    whose last one is short: all equal ``tar_attention_probs(...) @ value`` (with a mask, too)."""
+    monkeypatch.setattr(attention, "_multiplies_heads_in_place", lambda *operands, **_: heads_in_place)
     if layout == "diffusers":
         query, key, value = _diffusers_layout(5, heads, 6, 4)
     elif layout == "contiguous":
@@ -226,3 +228,16 @@ def test_unknown_replace_mode():
     _, _, value = _qkv()
     with pytest.raises(ValueError, match="unknown TAR replace mode 'zeros'"):
         replaced_attention(value, "zeros")
+
+
+def test_heads_are_multiplied_in_place_only_in_chunks_of_8_videos_with_rows_less_than_4_kib_apart():
+    """Diffusers' views are multiplied head by head where a chunk holds ≥ 8 videos and a head's
+    rows are < 4 KiB apart (heads·d·element size: 16 heads of 64 in float32), else copied first."""
+    def views(heads, dtype=torch.float32):
+        return [torch.empty(2, 16, heads * 64, dtype=dtype).view(2, 16, heads, 64).transpose(1, 2)] * 3
+
+    assert attention._multiplies_heads_in_place(*views(5), videos=51)  # ModelScope's level 64
+    assert attention._multiplies_heads_in_place(*views(10), videos=8)  # and level 32
+    assert not attention._multiplies_heads_in_place(*views(10), videos=7)
+    assert not attention._multiplies_heads_in_place(*views(16), videos=16)
+    assert not attention._multiplies_heads_in_place(*views(8, torch.float64), videos=16)
