@@ -36,34 +36,48 @@ def similarity_heatmap_figure(
     matrices: Mapping[str, np.ndarray],
     limits: tuple[float, float] | None = None,
     title: str | None = None,
+    max_panels: int = 12,
+    columns: int = 4,
 ) -> Figure:
-    """One heatmap per entry ({panel title: similarity matrix [N, N]}) on one shared colour scale.
+    """One heatmap per entry ({panel title: similarity matrix [N, N]}) on one shared colour scale,
+    ``columns`` to a row.
 
     ``limits`` fixes the scale (e.g. the same across several figures); by default it spans all the
-    matrices given. Pass per-video matrices or their mean over videos, under any titles.
+    matrices given. Pass per-video matrices or their mean over videos, under any titles. A run of
+    hundreds of videos would make a figure no one reads (and minutes of rendering): at most
+    ``max_panels`` evenly spread entries are drawn, first and last included, and the title says so.
     """
     for name, matrix in matrices.items():
         if np.ndim(matrix) != 2 or np.shape(matrix)[0] != np.shape(matrix)[1]:
             raise ValueError(f"matrix {name!r} must be square [N, N], got shape {np.shape(matrix)}")
     vmin, vmax = limits if limits is not None else shared_color_limits(matrices)
-    figure = Figure(figsize=(3.2 * len(matrices) + 0.8, 3.4), layout="constrained")
-    axes = figure.subplots(1, len(matrices), squeeze=False)[0]
-    for ax, (name, matrix) in zip(axes, matrices.items()):
-        image = ax.imshow(np.asarray(matrix), cmap=HEATMAP_CMAP, vmin=vmin, vmax=vmax, interpolation="nearest")
+    shown = evenly_spread(list(matrices), max_panels)
+    columns = min(columns, len(shown))
+    rows = -(-len(shown) // columns)
+    figure = Figure(figsize=(3.2 * columns + 0.8, 3.4 * rows), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    for ax, name in zip(axes, shown):
+        image = ax.imshow(np.asarray(matrices[name]), cmap=HEATMAP_CMAP, vmin=vmin, vmax=vmax,
+                          interpolation="nearest")
         ax.set_title(name)
         ax.set_xlabel("frame j")
         ax.set_ylabel("frame i")
-    figure.colorbar(image, ax=list(axes), label="similarity", shrink=0.85)
+    for ax in axes[len(shown):]:
+        figure.delaxes(ax)
+    figure.colorbar(image, ax=list(axes[:len(shown)]), label="similarity", shrink=0.85)
+    if len(shown) < len(matrices):
+        title = f"{title or 'similarity'}: {len(shown)} of {len(matrices)} shown"
     if title:
         figure.suptitle(title)
     return figure
 
 
-def _shown_intervals(available: Sequence[int], max_intervals: int) -> list[int]:
-    if len(available) <= max_intervals:
-        return list(available)
-    picks = np.linspace(0, len(available) - 1, max_intervals).round().astype(int)
-    return [available[i] for i in sorted(set(picks))]
+def evenly_spread(items: Sequence, most: int) -> list:
+    """At most ``most`` of ``items``, evenly spread over them, first and last included, in order."""
+    if len(items) <= most:
+        return list(items)
+    picks = np.linspace(0, len(items) - 1, most).round().astype(int)
+    return [items[i] for i in sorted(set(picks))]
 
 
 def interval_distribution_figure(
@@ -82,7 +96,7 @@ def interval_distribution_figure(
     intervals = sorted(set().union(*(set(per_k) for per_k in methods.values())))
     if not intervals:
         raise ValueError("the methods have no interval values")
-    shown = _shown_intervals(intervals, max_intervals)
+    shown = evenly_spread(intervals, max_intervals)
     figure = Figure(figsize=(min(16.0, 3.0 + 0.3 * len(shown) * len(methods)), 4.0), layout="constrained")
     ax = figure.subplots()
     width = 0.8 / len(methods)
@@ -110,9 +124,10 @@ def interval_distribution_figure(
 
 
 def similarity_heatmaps_png(
-    matrices: Mapping[str, np.ndarray], limits: tuple[float, float] | None = None, title: str | None = None
+    matrices: Mapping[str, np.ndarray], limits: tuple[float, float] | None = None, title: str | None = None,
+    max_panels: int = 12,
 ) -> bytes:
-    return figure_to_png(similarity_heatmap_figure(matrices, limits, title))
+    return figure_to_png(similarity_heatmap_figure(matrices, limits, title, max_panels))
 
 
 def interval_distribution_png(

@@ -50,6 +50,21 @@ def test_heatmap_limits_can_be_fixed_and_tensors_are_accepted():
         similarity_heatmap_figure({"bad": np.ones((2, 3))})
 
 
+def test_a_run_of_many_videos_draws_at_most_twelve_evenly_spread_panels_in_rows_of_four():
+    matrices = {f"v{i}": decaying_matrix(4, 0.1 * (i + 1)) for i in range(30)}
+    figure = similarity_heatmap_figure(matrices, title="inter-frame similarity (pixel_cosine)")
+    panels = [ax for ax in figure.axes if ax.images]
+    titles = [ax.get_title() for ax in panels]
+    assert len(titles) == 12 and titles[0] == "v0" and titles[-1] == "v29" and len(set(titles)) == 12
+    assert titles == sorted(titles, key=lambda t: int(t[1:]))
+    assert {ax.get_subplotspec().get_geometry()[:2] for ax in panels} == {(3, 4)}
+    assert figure.get_suptitle() == "inter-frame similarity (pixel_cosine): 12 of 30 shown"
+    assert panels[0].images[0].get_clim() == pytest.approx(shared_color_limits(matrices))  # the scale of all
+    assert len(figure.axes) == 12 + 1
+    few = similarity_heatmap_figure({name: matrices[name] for name in ("v0", "v1", "v2")}, title="t")
+    assert few.get_suptitle() == "t" and {ax.get_subplotspec().get_geometry()[:2] for ax in few.axes if ax.images} == {(1, 3)}
+
+
 def test_heatmap_png_renders():
     image = assert_png(similarity_heatmaps_png({"a": decaying_matrix(16, 0.1), "b": decaying_matrix(16, 0.5)}))
     assert image.width > image.height > 100
