@@ -77,8 +77,10 @@ def test_real_clip_help_defaults_are_the_flow_defaults(tmp_path):
 
 
 @pytest.mark.slow
-def test_produce_with_a_band_from_a_clip_gtn_and_tar_auto_on_the_tiny_model(tmp_path):
-    """The three real-clip features from the command line, as the README shows them."""
+def test_produce_with_real_clips_and_a_failing_llm_exits_degraded_without_a_traceback_and_resumes(tmp_path):
+    """The three real-clip features from the command line, as the README shows them (a band from a
+    clip, the gtn variant, tar auto), beside an entry whose synopsis the LLM cannot give: the run
+    finishes degraded (exit code 4) with one line of summary, and a rerun resumes to the same."""
     import shutil
 
     import pyarrow.parquet as pq
@@ -88,24 +90,34 @@ def test_produce_with_a_band_from_a_clip_gtn_and_tar_auto_on_the_tiny_model(tmp_
     clips.mkdir()
     shutil.copy(datasets.bikes(), clips / "bikes.mp4")
     out = tmp_path / "out"
-    env = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
+    env = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180", "OPENAI_API_KEY": "sk-vstar-test-0123456789abcdef"}
     reference = _vstar("evaluate", str(clips), "--out", str(out), "--frames", "8", "--metric", "pixel_cosine",
                        env=env, tmp_path=tmp_path)
     assert reference.returncode == 0, reference.stderr
     catalog = tmp_path / "c.yaml"
     catalog.write_text(f"- id: rain\n  prompt: a rainbow appears\n  tar: 64D1\n  tar_band_from: {clips}/bikes.mp4\n"
                        "  synopsis: [a grey sky, a rainbow over the hills]\n"
-                       "- id: bloom\n  prompt: a peony blooms\n  synopsis: [a closed peony bud, a peony in full bloom]\n")
-    result = _vstar("produce", str(catalog), "--out", str(out), "--frames", "8", "--steps", "2",
-                    "--metric", "pixel_cosine", "--tar", "auto", "--reference", reference.stdout.strip(),
-                    "--tuning-budget", "2", "--variant", "vstar", "--variant", "gtn",
-                    "--gtn-reference", str(clips / "bikes.mp4"), "--gtn-steps", "1", env=env, tmp_path=tmp_path)
-    assert result.returncode == 0, result.stderr
-    run_dir = Path(result.stdout.strip().splitlines()[-1])
+                       "- id: bloom\n  prompt: a peony blooms\n  synopsis: [a closed peony bud, a peony in full bloom]\n"
+                       "- id: asks-the-llm\n  prompt: a tree losing its leaves\n  tar: 64D1\n")
+    args = ["produce", str(catalog), "--out", str(out), "--frames", "8", "--steps", "2",
+            "--metric", "pixel_cosine", "--tar", "auto", "--reference", reference.stdout.strip(),
+            "--tuning-budget", "2", "--variant", "vstar", "--variant", "gtn",
+            "--gtn-reference", str(clips / "bikes.mp4"), "--gtn-steps", "1",
+            "--llm-model", "openai/vstar-test-llm", "--llm-api-base", "http://127.0.0.1:9/v1", "--llm-retries", "0"]
+    first = _vstar(*args, env=env, tmp_path=tmp_path)
+    resumed = _vstar(*args, env=env, tmp_path=tmp_path)
+    for result in (first, resumed):
+        assert result.returncode == 4, result.stderr[-3000:]
+        assert "Traceback" not in result.stderr, result.stderr[-5000:]
+        assert "degraded: 6 videos made, 0 failed; 1 synopses fell back" in result.stderr
+    assert "generated" not in resumed.stderr and resumed.stderr.count("reused from cache") == 6
+    run_dir = Path(first.stdout.strip().splitlines()[-1])
+    assert run_dir.parent == out / "runs"
     samples = {(r["catalog_id"], r["variant"]): r for r in pq.read_table(run_dir / "samples.parquet").to_pylist()}
-    assert {r["status"] for r in samples.values()} == {"ok"} and len(samples) == 4
+    assert {r["status"] for r in samples.values()} == {"ok"} and len(samples) == 6
     assert samples[("rain", "vstar")]["tar_band_clip"] == str(clips / "bikes.mp4")
     assert samples[("bloom", "gtn")]["gtn_reference"] == str(clips / "bikes.mp4")
+    assert not samples[("asks-the-llm", "vstar")]["vsp"]  # the plain prompt: VSP off for that entry
     trials = pq.read_table(run_dir / "tuning.parquet").to_pylist()
     assert {t["catalog_id"] for t in trials} == {"bloom"} and len(trials) == 2
     assert samples[("bloom", "vstar")]["tar"] == next(t["tar"] for t in trials if t["chosen"])
@@ -204,23 +216,6 @@ def test_the_run_summary_says_what_happened_and_gives_its_exit_code(tmp_path, ca
     made = 3 if status == "partial" else 4
     assert line == (f"run {run_id}: {status}: {made} videos made, {4 - made} failed; "
                     "2 synopses fell back to the plain prompt, 0 entries failed")
-
-
-@pytest.mark.slow
-def test_produce_prints_no_traceback_and_exits_degraded_when_synopses_fall_back(tmp_path, tiny_model_dir):
-    catalog = tmp_path / "catalog.yaml"
-    catalog.write_text("- id: own\n  prompt: ice melting\n  synopsis: [an ice cube, a puddle]\n"
-                       "- id: asks-the-llm\n  prompt: a tree losing its leaves\n")
-    args = ["produce", str(catalog), "--out", str(tmp_path / "out"), "--model-path", str(tiny_model_dir),
-            "--frames", "8", "--steps", "1", "--metric", "pixel_cosine",
-            "--llm-model", "openai/vstar-test-llm", "--llm-api-base", "http://127.0.0.1:9/v1", "--llm-retries", "0"]
-    first = _vstar(*args, env={"OPENAI_API_KEY": "sk-vstar-test-0123456789abcdef"}, tmp_path=tmp_path)
-    resumed = _vstar(*args, env={"OPENAI_API_KEY": "sk-vstar-test-0123456789abcdef"}, tmp_path=tmp_path)
-    for result in (first, resumed):
-        assert result.returncode == 4, result.stderr[-3000:]
-        assert "Traceback" not in result.stderr, result.stderr[-5000:]
-        assert "degraded: 2 videos made, 0 failed; 1 synopses fell back" in result.stderr
-        assert result.stdout.strip().splitlines()[-1].startswith(str(tmp_path / "out" / "runs"))
 
 
 # -- runs list --all, clean, verify ---------------------------------------------------------------
