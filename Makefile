@@ -26,9 +26,10 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/vstar produce catalogs/demo.yaml --out $(OUT) --fallback-metric pixel_cosine
 
-# Two workers, one per core (each test file stays on one worker, beside its module fixtures).
+# Two workers, one per core (each test file stays on one worker, beside its module fixtures), handed
+# the files with slow tests first (tests/conftest.py), not most tests first.
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -n 2 --dist loadfile
+	$(VENV)/bin/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
