@@ -61,18 +61,24 @@ def alternate(
     *,
     pairs: int,
     warmup: int = 1,
+    repeat: int = 1,
     synchronize: Callable[[], None] = lambda: None,
 ) -> dict[str, list[float]]:
-    """Time ``pairs`` calls of each, in ABBA order after ``warmup`` untimed calls of each.
+    """Time ``pairs`` samples of each, in ABBA order after ``warmup`` untimed calls of each; a
+    sample is ``repeat`` calls in a row.
 
-    Returns wall and process-CPU seconds per call: keys ``first_wall``, ``first_cpu``,
+    Repeating short calls keeps what lies outside them (OpenMP workers spinning after a parallel
+    region, which counts as CPU time, and the timer calls) a small part of each sample.
+
+    Returns wall and process-CPU seconds per sample: keys ``first_wall``, ``first_cpu``,
     ``second_wall``, ``second_cpu``, each a list in pair order.
     """
 
     def timed(fn: Callable[[], None]) -> tuple[float, float]:
         synchronize()
         wall, cpu = time.perf_counter(), time.process_time()
-        fn()
+        for _ in range(repeat):
+            fn()
         synchronize()
         return time.perf_counter() - wall, time.process_time() - cpu
 

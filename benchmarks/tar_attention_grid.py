@@ -2,7 +2,8 @@
 
 For each shape ``[batch, heads, frames, head_dim]`` and layout, ``tar_attention`` with a Gaussian
 band and ``F.scaled_dot_product_attention`` (what a temporal layer runs without TAR) are timed
-alternately in one process (see ``paired_timing``) and the median TAR/SDPA ratio of the pairs is
+alternately in one process (see ``paired_timing``; a sample repeats short calls to last at
+least --sample-ms) and the median TAR/SDPA ratio of the pairs is
 printed with its 95 % confidence interval, in CPU time and wall time. Layouts:
 
     contiguous  query, key and value each a contiguous [batch, heads, N, head_dim] tensor
@@ -26,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
+import time
 from collections.abc import Callable
 
 import torch
@@ -78,10 +81,17 @@ def compare(shape, layout, args, synchronize: Callable[[], None]) -> tuple[Ratio
     generator = torch.Generator().manual_seed(0)
     query, key, value = make_inputs(shape, layout, device, dtype, generator)
     band = gaussian_band(shape[2], 1.0, device=device, dtype=dtype)
+    sdpa = lambda: F.scaled_dot_product_attention(query, key, value)  # noqa: E731
+    sdpa()
+    synchronize()
+    start = time.perf_counter()
+    sdpa()
+    synchronize()
+    # Samples of at least --sample-ms: the smallest shapes' calls take ~1 ms, where CPU time is
+    # mostly what happens around a call (see paired_timing.alternate).
+    repeat = max(1, math.ceil(args.sample_ms / 1e3 / (time.perf_counter() - start)))
     times = alternate(
-        lambda: tar_attention(query, key, value, band),
-        lambda: F.scaled_dot_product_attention(query, key, value),
-        pairs=args.pairs,
+        lambda: tar_attention(query, key, value, band), sdpa, pairs=args.pairs, repeat=repeat,
         synchronize=synchronize,
     )
     cpu = paired_ratio(times["first_cpu"], times["second_cpu"])
@@ -96,6 +106,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=11, help="timed TAR/SDPA pairs per shape and layout")
     parser.add_argument("--max-logits", type=int, default=1 << 23, help="logit elements per shape (sets batch)")
     parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--sample-ms", type=float, default=20.0, help="shortest timed sample (calls repeated)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     parser.add_argument("--layouts", nargs="+", choices=LAYOUTS, default=list(LAYOUTS))
     args = parser.parse_args()

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 import torch
 
 # Logits held at once: a tile of queries × all keys (16 MiB of float32 on CPU, 1 GiB elsewhere).
-# Unlike the UNet's many tiny N×N maps (attention._cpu_chunk_elements), these tiles feed large
+# Unlike the UNet's many tiny N×N maps (attention.tar_attention, one map a thread), these tiles feed large
 # matmuls: on 2 CPU cores at L = 2304, 2^22 elements ran the exact row max 10× and the tiled
 # attention 6× faster than 2^18 (more rows per GEMM), and 2^24 was no faster.
 _CPU_TILE_ELEMENTS = 1 << 22

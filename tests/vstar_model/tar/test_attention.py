@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import math
+import types
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from vstar_model.tar import attention
+from vstar_model.tar import attention, cpu_kernel
 from vstar_model.tar.attention import replaced_attention, tar_attention, tar_attention_probs
 from vstar_model.tar.bands import gaussian_band, identity_band, ones_band
 
@@ -93,12 +94,11 @@ def test_identity_band_raises_self_attention_for_positive_rows_and_lowers_it_for
     assert bool((self_regularised[1] > self_vanilla[1]).all())
 
 
-def test_probs_are_distributions_and_give_the_output(monkeypatch):
+def test_probs_are_distributions_and_give_the_output():
     query, key, value = _qkv(batch=10)
     band = gaussian_band(6, 1.0, dtype=torch.float64)
     probs = tar_attention_probs(query, key, band)
     torch.testing.assert_close(probs.sum(-1), torch.ones(10, 2, 6, dtype=torch.float64))
-    monkeypatch.setattr(attention, "_cpu_chunk_elements", lambda frames: 2 * 6 * 6 * 3)  # chunks of 3, last one short
     torch.testing.assert_close(tar_attention(query, key, value, band), probs @ value)
 
 
@@ -139,45 +139,106 @@ def _diffusers_layout(batch, heads, frames, head_dim, seed=0):
     ]
 
 
-@pytest.mark.parametrize("heads_in_place", [True, False])
+def _layout(layout, batch, heads, frames, head_dim, dtype=torch.float64):
+    if layout == "diffusers":
+        return [t.to(dtype) for t in _diffusers_layout(batch, heads, frames, head_dim)]
+    query, key, value = _qkv(batch, heads, frames, head_dim, dtype=dtype)
+    if layout == "contiguous":
+        return query, key, value
+    # heads outermost in memory, batch inside: neither SDPA's layout nor diffusers'
+    return [t.transpose(0, 1).contiguous().transpose(0, 1) for t in (query, key, value)]
+
+
+@pytest.fixture(params=["fused", "eager"])
+def cpu_path(request, monkeypatch):
+    """Each CPU path of tar_attention: the fused kernel (float32) and eager PyTorch without it."""
+    if request.param == "eager":
+        monkeypatch.setattr(attention.cpu_kernel, "load_kernel", lambda: None)
+    return request.param
+
+
 @pytest.mark.parametrize("heads", [1, 3])
 @pytest.mark.parametrize("layout", ["diffusers", "contiguous", "head-major"])
-def test_every_layout_and_chunking_gives_the_reference(monkeypatch, heads, layout, heads_in_place):
-    """Strided inputs, folded, copied or per-head multiplied heads, chunks of videos or of heads
-    whose last one is short: all equal ``tar_attention_probs(...) @ value`` (with a mask, too)."""
-    monkeypatch.setattr(attention, "_multiplies_heads_in_place", lambda *operands, **_: heads_in_place)
-    if layout == "diffusers":
-        query, key, value = _diffusers_layout(5, heads, 6, 4)
-    elif layout == "contiguous":
-        query, key, value = _qkv(batch=5, heads=heads, frames=6, head_dim=4)
-    else:  # heads outermost in memory, batch inside: neither SDPA's layout nor diffusers'
-        query, key, value = (t.transpose(0, 1).contiguous().transpose(0, 1) for t in _qkv(5, heads, 6, 4))
+def test_every_layout_gives_the_reference(cpu_path, heads, layout):
+    """Strided or not, each path equals eq. 3 row by row, in SDPA's output layout."""
+    query, key, value = _layout(layout, 5, heads, 6, 4, dtype=torch.float32)
+    band = gaussian_band(6, 1.0)
+    out = tar_attention(query, key, value, band)
+    torch.testing.assert_close(out.double(), _reference(query, key, value, band), atol=2e-6, rtol=1e-5)
+    assert out.transpose(1, 2).is_contiguous()  # SDPA's output layout, whatever came in
+
+
+@pytest.mark.parametrize("heads", [1, 3])
+@pytest.mark.parametrize("layout", ["diffusers", "contiguous"])
+def test_masks_give_the_reference_in_every_layout(heads, layout):
+    """A different mask per video and head (each frame may attend to itself), so rows must line up."""
+    query, key, value = _layout(layout, 5, heads, 6, 4)
     band = gaussian_band(6, 1.0, dtype=torch.float64)
-    # A different mask per video and head (each frame may attend to itself), so rows must line up.
     generator = torch.Generator().manual_seed(3)
     mask = (torch.rand(5, heads, 6, 6, generator=generator) > 0.5) | torch.eye(6, dtype=torch.bool)
-    expected = tar_attention_probs(query, key, band) @ value
-    masked = tar_attention_probs(query, key, band, attn_mask=mask) @ value
-    # Chunks of one head, two heads (of three: the last chunk short), one, two and five videos.
-    for chunk_maps in (1, 2, heads, 2 * heads, 5 * heads):
-        monkeypatch.setattr(attention, "_cpu_chunk_elements", lambda frames, maps=chunk_maps: maps * 6 * 6)
-        out = tar_attention(query, key, value, band)
-        torch.testing.assert_close(out, expected)
-        assert out.transpose(1, 2).is_contiguous()  # SDPA's output layout, whatever came in
-        torch.testing.assert_close(tar_attention(query, key, value, band, attn_mask=mask), masked)
+    expected = tar_attention_probs(query, key, band, attn_mask=mask) @ value
+    for dtype in (torch.float64, torch.float32):
+        out = tar_attention(query.to(dtype), key.to(dtype), value.to(dtype), band.to(dtype), attn_mask=mask)
+        torch.testing.assert_close(out.double(), expected, atol=2e-6, rtol=1e-5)
 
 
-def test_the_accelerator_path_gives_the_reference_too():
-    """The one-pass path that GPUs take, run here on CPU tensors."""
+@pytest.mark.parametrize(
+    "frames, head_dim, value_dim",
+    [(5, 8, 8), (16, 64, 64), (17, 20, 12), (24, 64, 64), (40, 16, 16), (64, 64, 64), (130, 24, 40)],
+)
+def test_the_fused_kernel_gives_the_reference_at_every_row_length(frames, head_dim, value_dim):
+    """Rows shorter than, equal to and longer than a vector, with and without a tail, map rows
+    longer and shorter than the value's (normalised before or after the product), negative and
+    positive row maxima, a non-Toeplitz band: all as eq. 3 in float64."""
+    generator = torch.Generator().manual_seed(frames)
+    query = torch.randn(3, 2, frames, head_dim, generator=generator).abs() * 3
+    query[0] = -query[0]  # with keys of one sign, one video's rows are all negative
+    key = torch.randn(3, 2, frames, head_dim, generator=generator).abs()
+    value = torch.randn(3, 2, frames, value_dim, generator=generator)
+    band = torch.rand(frames, frames, generator=generator)  # e.g. a measured similarity matrix
+    assert cpu_kernel.load_kernel() is not None
+    out = tar_attention(query, key, value, band)
+    row_max = (query @ key.transpose(-1, -2)).amax(-1)
+    assert bool((row_max[0] < 0).all()) and bool((row_max[1:] > 0).all())
+    torch.testing.assert_close(out.double(), _reference(query, key, value, band), atol=1e-5, rtol=1e-5)
+
+
+def test_float32_on_cpu_runs_the_fused_kernel_and_everything_else_the_eager_pass(monkeypatch):
+    kernel = cpu_kernel.load_kernel()
+    assert kernel is not None, "the fused CPU TAR kernel did not build on this machine"
+    calls = []
+    spy = types.SimpleNamespace(tar_attention=lambda *args: calls.append(args) or kernel.tar_attention(*args))
+    monkeypatch.setattr(attention.cpu_kernel, "load_kernel", lambda: spy)
     query, key, value = _diffusers_layout(4, 3, 6, 4)
-    band = gaussian_band(6, 1.0, dtype=torch.float64)
-    mask = torch.ones(6, 6, dtype=torch.bool).tril()
-    for attn_mask in (None, mask.expand(4, 3, 6, 6)):
-        output = torch.empty(4, 6, 3, 4, dtype=torch.float64).transpose(1, 2)
-        out = attention._tar_attention_batched(query, key, value, band, 0.5, attn_mask, output)
-        expected = tar_attention_probs(query, key, band, scale=0.5, attn_mask=attn_mask) @ value
-        torch.testing.assert_close(out, expected)
-        assert out.data_ptr() == output.data_ptr()
+    band = gaussian_band(6, 1.0)
+    tar_attention(query.float(), key.float(), value.float(), band)
+    assert len(calls) == 1
+    tar_attention(query, key, value, band.double())  # float64
+    tar_attention(query.float(), key.float(), value.float(), band, attn_mask=torch.ones(6, 6, dtype=torch.bool))
+    leaf = query.float().requires_grad_()  # the kernel has no autograd graph to give
+    assert tar_attention(leaf, key.float(), value.float(), band).requires_grad
+    assert len(calls) == 1
+
+
+def test_a_kernel_that_cannot_be_built_is_named_in_one_line_and_eager_tar_runs(monkeypatch, caplog):
+    from torch.utils import cpp_extension
+
+    def failing_build(**_):
+        raise RuntimeError("Error building extension 'x': [1/2] c++ ...\ncpu_kernel.cpp:1:1: error: no compiler\nninja: build stopped")
+
+    monkeypatch.setattr(cpp_extension, "load", failing_build)
+    monkeypatch.setattr(cpu_kernel, "_loaded", {})
+    with caplog.at_level("WARNING", logger=cpu_kernel.__name__):
+        assert cpu_kernel.load_kernel() is None
+        assert cpu_kernel.load_kernel() is None  # tried once a process
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        "vstar's fused CPU TAR kernel could not be built (cpu_kernel.cpp:1:1: error: no compiler); "
+        "TAR on CPU runs in eager PyTorch, slower"
+    ]
+    query, key, value = _qkv(dtype=torch.float32)
+    band = gaussian_band(6, 1.0)
+    torch.testing.assert_close(tar_attention(query, key, value, band), tar_attention_probs(query, key, band) @ value)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -228,16 +289,3 @@ def test_unknown_replace_mode():
     _, _, value = _qkv()
     with pytest.raises(ValueError, match="unknown TAR replace mode 'zeros'"):
         replaced_attention(value, "zeros")
-
-
-def test_heads_are_multiplied_in_place_only_in_chunks_of_8_videos_with_rows_less_than_4_kib_apart():
-    """Diffusers' views are multiplied head by head where a chunk holds ≥ 8 videos and a head's
-    rows are < 4 KiB apart (heads·d·element size: 16 heads of 64 in float32), else copied first."""
-    def views(heads, dtype=torch.float32):
-        return [torch.empty(2, 16, heads * 64, dtype=dtype).view(2, 16, heads, 64).transpose(1, 2)] * 3
-
-    assert attention._multiplies_heads_in_place(*views(5), videos=51)  # ModelScope's level 64
-    assert attention._multiplies_heads_in_place(*views(10), videos=8)  # and level 32
-    assert not attention._multiplies_heads_in_place(*views(10), videos=7)
-    assert not attention._multiplies_heads_in_place(*views(16), videos=16)
-    assert not attention._multiplies_heads_in_place(*views(8, torch.float64), videos=16)
