@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	    $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[test]') \
 	|| ($(VENV)/bin/pip install --quiet --upgrade pip \
 	    && $(VENV)/bin/pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[test]')
+	$(VENV)/bin/python -m vstar_model.tar.cpu_kernel  # TAR's CPU kernel compiled now, not in the first run (~30 s)
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -10,10 +10,13 @@ in eager PyTorch instead, correct and slower, and the reason is logged once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import sys
 import threading
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -28,6 +31,9 @@ _CAPABILITY_FLAGS = {
                "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma"],
     "AVX2": ["-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2", "-mavx2", "-mfma"],
 }
+
+# A build takes ~30 s; a lock this old belongs to a build that died.
+STALE_LOCK_SECONDS = 600
 
 _lock = threading.Lock()
 _loaded: dict[str, ModuleType | None] = {}
@@ -56,6 +62,24 @@ def load_kernel() -> ModuleType | None:
         return _loaded[capability]
 
 
+def _build_directory(name: str) -> Path:
+    """Torch's extensions directory, per Python and torch version (a new torch rebuilds), with a
+    lock older than any build removed: torch's builder waits for its lock file without end, and
+    a process killed mid-build (SIGKILL, a lost machine) leaves it behind."""
+    from torch.utils import cpp_extension
+
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
+    version = f"py{sys.version_info.major}{sys.version_info.minor}_torch{torch.__version__}"
+    directory = Path(root) / version / name
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = directory / "lock"
+    with contextlib.suppress(FileNotFoundError):
+        if time.time() - lock.stat().st_mtime > STALE_LOCK_SECONDS:
+            logger.warning("removing a stale build lock %s", lock)
+            lock.unlink()
+    return directory
+
+
 def _build(capability: str) -> ModuleType | None:
     from torch.utils import cpp_extension
 
@@ -64,9 +88,11 @@ def _build(capability: str) -> ModuleType | None:
     name = f"vstar_tar_cpu_{capability.lower().replace(' ', '_')}"
     logger.info("loading vstar's fused CPU TAR kernel %s (compiled on its first use on a machine, ~30 s)", name)
     try:
+        build_directory = _build_directory(name)
         return cpp_extension.load(
             name=name,
             sources=[str(SOURCE)],
+            build_directory=str(build_directory),
             extra_cflags=["-O3", "-fopenmp", *flags],
             # libtorch_cpu's OpenMP runtime (same soname) serves the kernel's parallel region.
             extra_ldflags=["-fopenmp"],
@@ -77,3 +103,9 @@ def _build(capability: str) -> ModuleType | None:
         logger.warning("vstar's fused CPU TAR kernel could not be built (%s); TAR on CPU runs in "
                        "eager PyTorch, slower", reason)
         return None
+
+
+if __name__ == "__main__":  # `python -m vstar_model.tar.cpu_kernel`: build it now (make venv does)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    kernel = load_kernel()
+    print(f"TAR's fused CPU kernel: {kernel.__file__}" if kernel else "TAR's fused CPU kernel: not built, eager TAR")

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import math
+import os
+import time
 import types
 
 import pytest
@@ -289,3 +291,17 @@ def test_unknown_replace_mode():
     _, _, value = _qkv()
     with pytest.raises(ValueError, match="unknown TAR replace mode 'zeros'"):
         replaced_attention(value, "zeros")
+
+
+def test_a_build_lock_left_by_a_killed_build_is_removed_and_a_live_one_kept(monkeypatch, tmp_path):
+    """torch's builder waits on its lock file without end; a dead build's lock must not hang TAR."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    directory = cpu_kernel._build_directory("kernel")
+    assert directory.is_relative_to(tmp_path) and torch.__version__ in str(directory)
+    lock = directory / "lock"
+    lock.touch()
+    assert cpu_kernel._build_directory("kernel") == directory and lock.exists()  # a build under way
+    old = time.time() - cpu_kernel.STALE_LOCK_SECONDS - 1
+    os.utime(lock, (old, old))
+    cpu_kernel._build_directory("kernel")
+    assert not lock.exists()
