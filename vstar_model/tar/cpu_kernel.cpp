@@ -136,5 +136,7 @@ void tar_attention(const at::Tensor& query, const at::Tensor& key, const at::Ten
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
-  module.def("tar_attention", &tar_attention, "TAR attention into output (see cpu_kernel.cpp)");
+  // Without the GIL, as torch's own ops: other Python threads (Prefect's, progress bars) run meanwhile.
+  module.def("tar_attention", &tar_attention, "TAR attention into output (see cpu_kernel.cpp)",
+             pybind11::call_guard<pybind11::gil_scoped_release>());
 }
