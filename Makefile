@@ -7,7 +7,7 @@ CONSTRAINTS ?= constraints/cpu.txt
 STAMP := $(VENV)/.installed
 OUT ?= ./outputs
 
-.PHONY: venv demo test clean
+.PHONY: venv demo test gpu-wheels clean
 
 # uv installs the stack in ~90 s where pip takes ~200 s. It ignores pip's configuration, so the
 # sources pip is configured with (this platform's CPU torch folder) are handed to it; pip installs
@@ -34,5 +34,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
+# What benchmarks/gpu_figures.sh installs on a lent GPU machine, whose image has no diffusers:
+# wheels for its Python 3.12 of the diffusers tested here, carried there in .whl/.
+gpu-wheels: $(STAMP)
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+	    --implementation cp --platform manylinux2014_x86_64 -d .whl \
+	    diffusers==$$($(VENV)/bin/python -c "import diffusers; print(diffusers.__version__)") importlib_metadata
+
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) outputs .pytest_cache .whl

@@ -23,6 +23,7 @@ import time
 import torch
 
 import vstar_model  # noqa: F401  (torchvision compat before diffusers)
+from devices import available_device
 from tar_overhead import _synchronize, build_unet  # the same "mid" UNet as the TAR benchmark
 from vstar_model.analysis.temporal_attention import capture_attention
 
@@ -33,7 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", type=available_device)
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
     parser.add_argument("--frames", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=6, help="timed calls per mode")

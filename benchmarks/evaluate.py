@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 import vstar_model  # noqa: F401  (torchvision compat before dreamsim)
+from devices import available_device
 from vstar_model.evaluation.dreamsim_weights import save_random_dreamsim_cache
 from vstar_model.evaluation.similarity import DreamSimEmbedder, similarity_matrix
 
@@ -66,7 +67,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating ours / naive rounds (medians reported)")
     parser.add_argument("--naive-pairs", type=int, default=16, help="pairs timed for the naive loop per round")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", type=available_device)
     args = parser.parse_args()
     device = torch.device(args.device)
 

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from devices import available_device  # noqa: E402
 
 UNET_SIZES = {
     "tiny": dict(block_out_channels=(8, 16, 16, 16), attention_head_dim=4, layers_per_block=1, norm_num_groups=4),
@@ -97,7 +98,7 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=64)
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", type=available_device)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--tar", default="64D1")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
@@ -110,20 +111,24 @@ def main() -> None:
     print(f"device={args.device} dtype={args.dtype} {args.height}x{args.width} steps={args.steps} tar={args.tar}")
     shared = ["--height", str(args.height), "--width", str(args.width), "--steps", str(args.steps),
               "--device", args.device, "--dtype", args.dtype, "--tar", args.tar]
-    run_each(__file__, args.sizes, args.frames, shared)
+    raise SystemExit(1 if run_each(__file__, args.sizes, args.frames, shared) else 0)
 
 
-def run_each(script: str, sizes: list[str], frames: list[int], shared: list[str]) -> None:
-    """``script --one`` for every (size, frames) in its own process (its own peak memory); prints its row."""
+def run_each(script: str, sizes: list[str], frames: list[int], shared: list[str]) -> int:
+    """``script --one`` for every (size, frames) in its own process (its own peak memory); prints its row.
+    Returns how many failed."""
+    failed = 0
     for size in sizes:
         for count in frames:
             cmd = [sys.executable, script, "--one", "--size", size, "--frames", str(count), *shared]
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode:
                 print(f"{size} {count} frames failed:\n{out.stderr[-2000:]}")
+                failed += 1
                 continue
             row = json.loads(out.stdout.strip().splitlines()[-1])
             print("  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    return failed
 
 
 if __name__ == "__main__":

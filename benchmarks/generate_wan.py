@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from devices import available_device  # noqa: E402
 from generate import run_each  # noqa: E402  (the runner of benchmarks/generate.py)
 
 TRANSFORMERS = {
@@ -121,7 +122,7 @@ def run_one(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", type=available_device)
     parser.add_argument("--sizes", nargs="+", choices=sorted(TRANSFORMERS), help="default: mid on CPU, 1.3b on GPU")
     parser.add_argument("--frames", nargs="+", type=int, help="default: 33 81 161 241 on CPU, 81 161 on GPU")
     parser.add_argument("--height", type=int, help="default: 128 on CPU, 480 on GPU")
@@ -146,7 +147,7 @@ def main() -> None:
           f"riflex={args.riflex}")
     shared = ["--height", str(args.height), "--width", str(args.width), "--steps", str(args.steps), "--device",
               args.device, "--dtype", args.dtype, "--tar", args.tar] + (["--riflex"] if args.riflex else [])
-    run_each(__file__, args.sizes, args.frames, shared)
+    raise SystemExit(1 if run_each(__file__, args.sizes, args.frames, shared) else 0)
 
 if __name__ == "__main__":
     main()

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from devices import available_device  # noqa: E402
 
 
 def _reference_frames(args):
@@ -128,7 +129,7 @@ def main() -> None:
     parser.add_argument("--gtn-steps", type=int, help="GTN gradient steps (default: GTNConfig's)")
     parser.add_argument("--gtn-timestep", type=int, help="GTN timestep t (default: GTNConfig's)")
     parser.add_argument("--tar", default="64D1", help="TAR of the vstar video")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", type=available_device)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--side", choices=["vstar", "gtn"], help=argparse.SUPPRESS)
     args = parser.parse_args()

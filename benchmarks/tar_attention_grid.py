@@ -4,7 +4,10 @@ For each shape ``[batch, heads, frames, head_dim]`` and layout, ``tar_attention`
 band and ``F.scaled_dot_product_attention`` (what a temporal layer runs without TAR) are timed
 alternately in one process (see ``paired_timing``; a sample repeats short calls to last at
 least --sample-ms) and the median TAR/SDPA ratio of the pairs is
-printed with its 95 % confidence interval, in CPU time and wall time. Layouts:
+printed with its 95 % confidence interval, in CPU time and wall time. glibc's allocator is
+settled first (``paired_timing.settle_allocator``): otherwise whether one side's output comes
+from fresh pages depends on the order of earlier frees, and the grid's first shape read 1.38 and
+2.32 in two runs of three, every other shape ≤ 1.08. Layouts:
 
     contiguous  query, key and value each a contiguous [batch, heads, N, head_dim] tensor
     diffusers   what AttnProcessor2_0 hands the attention: attn.to_q(hidden_states) is
@@ -35,7 +38,8 @@ import torch
 import torch.nn.functional as F
 
 import vstar_model  # noqa: F401  (torchvision compat before anything imports it)
-from paired_timing import Ratio, alternate, paired_ratio
+from devices import available_device
+from paired_timing import Ratio, alternate, paired_ratio, settle_allocator
 from vstar_model.tar.attention import tar_attention
 from vstar_model.tar.bands import gaussian_band
 
@@ -101,7 +105,7 @@ def compare(shape, layout, args, synchronize: Callable[[], None]) -> tuple[Ratio
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", type=available_device)
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
     parser.add_argument("--pairs", type=int, default=11, help="timed TAR/SDPA pairs per shape and layout")
     parser.add_argument("--max-logits", type=int, default=1 << 23, help="logit elements per shape (sets batch)")
@@ -113,13 +117,14 @@ def main() -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    allocator = "settled" if settle_allocator() else "default"
 
     def synchronize() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
     print(f"device={device} dtype={args.dtype} threads={torch.get_num_threads()} pairs={args.pairs} "
-          f"max_logits={args.max_logits}")
+          f"max_logits={args.max_logits} allocator={allocator}")
     print("TAR/SDPA ratio (median of pairs, 95% CI); target <= 1.5")
     clock = "wall" if device.type == "cuda" else "cpu"  # CPU time means nothing for a GPU kernel
     print(f"{'batch':>6} {'heads':>5} {'N':>4} {'d':>3}  {'layout':<10}  {clock + ' ratio':<34}  wall ratio")

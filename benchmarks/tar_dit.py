@@ -50,6 +50,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import vstar_model  # noqa: E402,F401  (torchvision compat before diffusers)
+from devices import available_device  # noqa: E402
 from vstar_model.tar.dit import DEFAULT_PRESET, DiTTARConfig, apply_dit_tar, parse_dit_tar  # noqa: E402
 from vstar_model.tar.full_attention import (  # noqa: E402
     attention_row_max,
@@ -268,7 +269,7 @@ def run(args, frames: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", type=available_device)
     parser.add_argument("--size", choices=sorted(SIZES), help="default: mid on CPU, 1.3b on CUDA")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"),
                         help="default: float32 on CPU, bfloat16 on CUDA")

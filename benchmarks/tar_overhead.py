@@ -36,6 +36,7 @@ import argparse
 import torch
 
 import vstar_model  # noqa: F401  (torchvision compat before diffusers)
+from devices import available_device
 from paired_timing import alternate, paired_ratio
 from vstar_model.tar.unet import apply_tar
 
@@ -76,7 +77,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--size", choices=sorted(SIZES), default="mid")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", type=available_device)
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
     parser.add_argument("--frames", type=int, default=64)
     parser.add_argument("--tar", default="64D1", help="TAR preset, e.g. 64D1 or 64D1_32D8")
