@@ -58,16 +58,17 @@ def paired_ratio(a: list[float], b: list[float]) -> Ratio:
 
 
 def settle_allocator() -> bool:
-    """Fix glibc's allocation thresholds so that blocks up to 32 MB are served from memory freed
-    earlier, never from fresh pages; returns whether it could (False off glibc).
+    """Fix glibc's allocation thresholds (mmap threshold at its maximum, 32 MB; no trimming);
+    returns whether it could (False off glibc).
 
     glibc serves a large block either from freed heap memory or from newly mapped pages (one page
     fault per 4 KB, counted in CPU time), by thresholds it adapts to the history of frees, so
-    which of two alternating calls with equal outputs pays the faults is an accident of order: in
-    ABBA order at ``[5120, 1, 16, 64]`` every ``tar_attention`` output (21 MB) took 5,120 faults
-    and no SDPA output did, 1.2–1.3× from that alone. Pinned (mmap threshold at glibc's maximum,
-    32 MB; no trimming), both reuse freed memory, as a long-running process settles to; larger
-    blocks are mapped afresh on both sides alike.
+    which of two alternating calls with equal outputs pays the faults is an accident of order.
+    Measured in ABBA order at ``[5120, 1, 16, 64]`` (21 MB outputs): counted call by call, every
+    ``tar_attention`` output took 5,120 faults and no SDPA output did; over 22 calls of a second
+    round in fresh processes, ~51,000 faults and TAR/SDPA 1.1–1.5 in 11 of 12 processes by
+    default, none and 0.94–1.10 in 4 of 4 settled.
+    glibc's choices still depend on the heap's layout, so this makes faults rarer, not impossible.
     """
     name = ctypes.util.find_library("c")
     if name is None:
