@@ -66,7 +66,7 @@ def settle_allocator() -> bool:
     which of two alternating calls with equal outputs pays the faults is an accident of order.
     Measured in ABBA order at ``[5120, 1, 16, 64]`` (21 MB outputs): counted call by call, every
     ``tar_attention`` output took 5,120 faults and no SDPA output did; over 22 calls of a second
-    round in fresh processes, ~51,000 faults and TAR/SDPA 1.1–1.5 in 11 of 12 processes by
+    round in fresh processes, ~51,000 faults and TAR/SDPA 1.1–2.5 in 11 of 12 processes by
     default, none and 0.94–1.10 in 4 of 4 settled.
     glibc's choices still depend on the heap's layout, so this makes faults rarer, not impossible.
     """
